@@ -1,0 +1,227 @@
+"""Forward and backward kernels of the norms that reduce inside one sample.
+
+LayerNorm, RMSNorm, GroupNorm and InstanceNorm are one kernel pair; the
+reduction spec on the host picks the view ``[N, G, Cg, S]`` (see tiles.py) and
+the constexprs below carry the rest:
+
+* ``CENTER``  -- subtract the mean (everything but RMSNorm),
+* ``W_PER_J`` -- affine parameters indexed by ``j`` (LayerNorm/RMSNorm, per
+  element) rather than by channel ``g * Cg + j`` (GroupNorm/InstanceNorm),
+* ``PHASE``   -- 0: one program owns whole rows; 1 and 2: a row is split over
+  ``SPLIT`` programs (axis 1 of the grid); phase 1 writes per-program partials
+  and phase 2 merges them and finishes the row chunk it owns; 3: the
+  statistics are given (running statistics) and only the elementwise pass runs.
+
+Statistics of row (n, g) live at ``n * stat_sN + g``: ``stat_sN = G`` for
+per-row statistics, 0 for per-group constants shared by every sample.
+
+Programs are persistent over row blocks: program ``pid`` takes row blocks
+``pid, pid + nprog, ...`` so the host can bound the number of programs.
+"""
+import triton
+import triton.language as tl
+
+from .tiles import chan_merge, sum_js, tile_moments, tile_offsets
+
+
+@triton.jit
+def _param_index(g, j, Cg, G, W_PER_J: tl.constexpr):
+    """Index of the affine parameter of each (g, j) and its mask."""
+    if W_PER_J:
+        return j, j < Cg
+    return g * Cg + j, (g < G) & (j < Cg)
+
+
+@triton.jit
+def _chunk(T, chunk, PHASE: tl.constexpr):
+    """The tile range [t0, t1) this program walks along its row."""
+    if PHASE == 0 or PHASE == 3:
+        return 0, T
+    t0 = tl.program_id(1) * chunk
+    return t0, tl.minimum(t0 + chunk, T)
+
+
+@triton.jit
+def row_norm_fwd(
+    X_ptr,     # shape (N, G, Cg, S), strided
+    Y_ptr,     # shape (N, G, Cg, S), same strides as X
+    W_ptr,     # shape (G * Cg,) per channel, or (Cg,) when W_PER_J
+    B_ptr,     # shape like W
+    Mean_ptr,  # shape (N * G,) saved mean, fp32 (fp64 for fp64 input); (G,) if stat_sN == 0
+    Rstd_ptr,  # shape (N * G,) saved 1 / sqrt(var + eps)
+    Part_ptr,  # shape (N * G, SPLIT, 3) Chan partials (count, mean, M2); PHASE 1/2 only
+    G, Cg, S, sN, sG, sJ, sS,
+    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, eps,
+    PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr, W_PER_J: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_SPLIT: tl.constexpr,
+):
+    """y = (x - mean) * rstd * w + b, statistics over each (n, g) row.
+
+    The variance is never E[x^2] - E[x]^2: each tile is reduced with two passes
+    on-chip and tiles are combined with Chan's merge, in ACC precision."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    p = tl.program_id(1)
+    t0, t1 = _chunk(T, chunk, PHASE)
+    for rb in range(pid, n_rb, nprog):
+        n = rb // nGB
+        g0 = (rb - n * nGB) * BLOCK_G
+        rows = g0 + tl.arange(0, BLOCK_G)
+        rmask = rows < G
+        r = n.to(tl.int64) * G + rows
+        rs = n.to(tl.int64) * stat_sN + rows
+        if PHASE == 3:
+            mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
+            rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
+        elif PHASE == 2:
+            # Merge the SPLIT partials of these rows with the exact parallel formula.
+            i = tl.arange(0, BLOCK_SPLIT)[None, :]
+            pm = rmask[:, None] & (i < SPLIT)
+            base = Part_ptr + (r[:, None] * SPLIT + i) * 3
+            c_i = tl.load(base, mask=pm, other=0.0).to(ACC)
+            m_i = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
+            q_i = tl.load(base + 2, mask=pm, other=0.0).to(ACC)
+            cnt = tl.sum(c_i, axis=1)
+            mean = tl.sum(c_i * m_i, axis=1) / tl.maximum(cnt, 1.0)
+            d = tl.where(pm, m_i - mean[:, None], 0.0)
+            m2 = tl.sum(q_i, axis=1) + tl.sum(c_i * d * d, axis=1)
+        else:
+            cnt = tl.zeros([BLOCK_G], ACC)
+            mean = tl.zeros([BLOCK_G], ACC)
+            m2 = tl.zeros([BLOCK_G], ACC)
+            for t in range(t0, t1):
+                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                BLOCK_G, BLOCK_J, BLOCK_S)
+                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                bc, bm, bq = tile_moments(x, mask, CENTER)
+                cnt, mean, m2 = chan_merge(cnt, mean, m2, bc, bm, bq)
+        if PHASE == 1:
+            base = Part_ptr + (r * SPLIT + p) * 3
+            tl.store(base, cnt, mask=rmask)
+            tl.store(base + 1, mean, mask=rmask)
+            tl.store(base + 2, m2, mask=rmask)
+        else:
+            if PHASE != 3:
+                rstd = 1.0 / tl.sqrt(m2 / tl.maximum(cnt, 1.0) + eps)
+                if p == 0:
+                    tl.store(Mean_ptr + rs, mean, mask=rmask)
+                    tl.store(Rstd_ptr + rs, rstd, mask=rmask)
+            for t in range(t0, t1):
+                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                BLOCK_G, BLOCK_J, BLOCK_S)
+                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                y = (x - mean[:, None, None]) * rstd[:, None, None]
+                widx, wmask = _param_index(g, j, Cg, G, W_PER_J)
+                if HAS_W:
+                    y = y * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
+                if HAS_B:
+                    y = y + tl.load(B_ptr + widx, mask=wmask, other=0.0).to(ACC)
+                tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def row_norm_bwd(
+    X_ptr,     # shape (N, G, Cg, S), strided
+    DY_ptr,    # shape (N, G, Cg, S), same strides as X
+    DX_ptr,    # shape (N, G, Cg, S), same strides as X
+    W_ptr,     # shape (G * Cg,) per channel, or (Cg,) when W_PER_J
+    Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
+    Rstd_ptr,  # shape (N * G,)
+    Part_ptr,  # shape (N * G, SPLIT, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
+    DWB_ptr,   # shape (nprog * SPLIT, 2, Cw) zeroed per-program partials of (dw, db)
+    G, Cg, S, sN, sG, sJ, sS,
+    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, Cw, M,
+    PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
+    NEED_DWB: tl.constexpr, W_PER_J: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_SPLIT: tl.constexpr,
+):
+    """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
+
+    With xhat = (x - mean) * rstd (CENTER) or x * rstd (RMS), and wdy = w * dy:
+
+        dx = rstd * (wdy - mean(wdy) - xhat * mean(wdy * xhat))     (CENTER)
+        dx = rstd * (wdy - xhat * mean(wdy * xhat))                  (RMS)
+        dw[c] = sum over (n, s) of dy * xhat,   db[c] = sum of dy
+
+    The two row means come from a first walk over the row (PHASE 0), from
+    SPLIT partials (PHASE 2), or are 0 when the statistics are constants
+    (PHASE 3: dx = rstd * wdy).  dw/db are accumulated per program into DWB,
+    which that program alone reads and writes, and summed by a second kernel:
+    no atomics, so the result is deterministic."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    p = tl.program_id(1)
+    t0, t1 = _chunk(T, chunk, PHASE)
+    dwb = DWB_ptr + (pid * SPLIT + p).to(tl.int64) * 2 * Cw
+    for rb in range(pid, n_rb, nprog):
+        n = rb // nGB
+        g0 = (rb - n * nGB) * BLOCK_G
+        rows = g0 + tl.arange(0, BLOCK_G)
+        rmask = rows < G
+        r = n.to(tl.int64) * G + rows
+        rs = n.to(tl.int64) * stat_sN + rows
+        mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
+        rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
+        if PHASE == 3:
+            # Constant statistics: nothing flows back through them.
+            a1 = tl.zeros([BLOCK_G], ACC)
+            a2 = tl.zeros([BLOCK_G], ACC)
+        elif PHASE == 2:
+            i = tl.arange(0, BLOCK_SPLIT)[None, :]
+            pm = rmask[:, None] & (i < SPLIT)
+            base = Part_ptr + (r[:, None] * SPLIT + i) * 2
+            a1 = tl.sum(tl.load(base, mask=pm, other=0.0).to(ACC), axis=1)
+            a2 = tl.sum(tl.load(base + 1, mask=pm, other=0.0).to(ACC), axis=1)
+        else:
+            a1 = tl.zeros([BLOCK_G], ACC)
+            a2 = tl.zeros([BLOCK_G], ACC)
+            for t in range(t0, t1):
+                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                BLOCK_G, BLOCK_J, BLOCK_S)
+                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                wdy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+                if HAS_W:
+                    widx, wmask = _param_index(g, j, Cg, G, W_PER_J)
+                    wdy = wdy * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
+                xhat = (x - mean) * rstd if CENTER else x * rstd
+                a1 += sum_js(wdy * xhat)
+                a2 += sum_js(wdy)
+        if PHASE == 1:
+            base = Part_ptr + (r * SPLIT + p) * 2
+            tl.store(base, a1, mask=rmask)
+            tl.store(base + 1, a2, mask=rmask)
+        else:
+            c1 = (a1 / M)[:, None, None]
+            c2 = (a2 / M)[:, None, None]
+            for t in range(t0, t1):
+                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                BLOCK_G, BLOCK_J, BLOCK_S)
+                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+                widx, wmask = _param_index(g, j, Cg, G, W_PER_J)
+                wdy = dy
+                if HAS_W:
+                    wdy = dy * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
+                xhat = (x - mean) * rstd if CENTER else x * rstd
+                dx = wdy - xhat * c1
+                if CENTER:
+                    dx = dx - c2
+                tl.store(DX_ptr + offs, (dx * rstd).to(DX_ptr.dtype.element_ty), mask=mask)
+                if NEED_DWB:
+                    _accumulate_dwb(dwb, Cw, dy * xhat, dy, widx, wmask, W_PER_J)
+
+
+@triton.jit
+def _accumulate_dwb(dwb, Cw, dyx, dy, widx, wmask, W_PER_J: tl.constexpr):
+    """Add one tile's dw/db contribution into this program's own partial row."""
+    pw = tl.sum(dyx, axis=2, keep_dims=True)
+    pb = tl.sum(dy, axis=2, keep_dims=True)
+    if W_PER_J:
+        # LayerNorm/RMSNorm: every row of the tile shares the parameter index j.
+        pw = tl.sum(pw, axis=0, keep_dims=True)
+        pb = tl.sum(pb, axis=0, keep_dims=True)
+    tl.store(dwb + widx, tl.load(dwb + widx, mask=wmask, other=0.0) + pw, mask=wmask)
+    tl.store(dwb + Cw + widx, tl.load(dwb + Cw + widx, mask=wmask, other=0.0) + pb, mask=wmask)

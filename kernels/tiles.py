@@ -1,0 +1,69 @@
+"""Tile addressing and statistics helpers shared by every kernel family.
+
+Every norm sees its input as a strided 4-d view ``[N, G, Cg, S]``:
+
+* ``N``  -- samples (1 for LayerNorm/RMSNorm, whose rows become groups),
+* ``G``  -- reduction groups per sample (the rows that get their own mean/rstd),
+* ``Cg`` -- channels per group (the ``j`` axis),
+* ``S``  -- spatial positions (the ``s`` axis).
+
+One row is one ``(n, g)`` pair and reduces over its ``Cg * S`` elements.  A
+program works on ``BLOCK_G`` rows of one sample at a time, walking the row in
+``[BLOCK_G, BLOCK_J, BLOCK_S]`` tiles numbered ``t = jb * nSB + sb``.  A split
+reduction hands each of ``SPLIT`` programs a contiguous range of ``t``.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def tile_offsets(t, n, g0, G, Cg, S,
+                 sN, sG, sJ, sS, nSB,
+                 BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Element offsets (int64), the in-bounds mask, and the g / j index tensors
+    of tile ``t`` of the rows ``g0 .. g0 + BLOCK_G`` of sample ``n``."""
+    jb = t // nSB
+    sb = t - jb * nSB
+    g = g0 + tl.arange(0, BLOCK_G)[:, None, None]
+    j = jb * BLOCK_J + tl.arange(0, BLOCK_J)[None, :, None]
+    s = sb * BLOCK_S + tl.arange(0, BLOCK_S)[None, None, :]
+    mask = (g < G) & (j < Cg) & (s < S)
+    # int64 arithmetic throughout: numel may pass 2**31.
+    offs = (n.to(tl.int64) * sN + g.to(tl.int64) * sG
+            + j.to(tl.int64) * sJ + s.to(tl.int64) * sS)
+    return offs, mask, g, j
+
+
+@triton.jit
+def sum_js(v):
+    """Sum a [BLOCK_G, BLOCK_J, BLOCK_S] tile over its j and s axes -> [BLOCK_G]."""
+    return tl.sum(tl.sum(v, axis=2), axis=1)
+
+
+@triton.jit
+def chan_merge(cnt_a, mean_a, m2_a, cnt_b, mean_b, m2_b):
+    """Chan et al.'s pairwise merge of two (count, mean, M2) summaries."""
+    tot = cnt_a + cnt_b
+    delta = mean_b - mean_a
+    frac = cnt_b / tl.maximum(tot, 1.0)
+    mean = mean_a + delta * frac
+    m2 = m2_a + m2_b + delta * delta * cnt_a * frac
+    return tot, mean, m2
+
+
+@triton.jit
+def tile_moments(x, mask, CENTER: tl.constexpr):
+    """(count, mean, M2) of one tile per row, two passes over the on-chip tile.
+
+    Without CENTER (RMSNorm) the mean stays 0 and M2 is the plain sum of
+    squares: no cancellation can occur, so no shift is needed."""
+    maskf = mask.to(x.dtype)
+    cnt = sum_js(maskf)
+    if CENTER:
+        mean = sum_js(x) / tl.maximum(cnt, 1.0)
+        d = tl.where(mask, x - mean[:, None, None], 0.0)
+        m2 = sum_js(d * d)
+    else:
+        mean = cnt * 0.0
+        m2 = sum_js(x * x)
+    return cnt, mean, m2

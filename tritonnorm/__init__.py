@@ -1,0 +1,10 @@
+"""tritonnorm: Triton kernels for PyTorch's normalization layers.
+
+Set TRITON_INTERPRET=1 before importing to run the kernels on the CPU.
+"""
+from . import functional
+from .modules import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm
+
+__version__ = "0.1.0"
+__all__ = ["functional", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+           "LayerNorm", "RMSNorm"]

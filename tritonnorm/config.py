@@ -1,0 +1,105 @@
+"""Launch configurations: tile shapes, split factor, program counts.
+
+Heuristics live here, each threshold with the reason for it.  ``override``
+lets tests (and users chasing a problem) force a small tile or a split so the
+looping and split-reduction paths run on small inputs.
+"""
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ._runtime import target_programs
+from .spec import RowView
+
+# Elements in one [BLOCK_G, BLOCK_J, BLOCK_S] tile.  4096 fp32 accumulators over
+# 8 warps is 16 registers per live tile per thread: large enough for wide,
+# vectorised loads, small enough that x, xhat, w and dy stay in registers.
+# fp64 halves it since every value takes two registers.
+MAX_TILE = {torch.float64: 2048}
+DEFAULT_MAX_TILE = 4096
+# Bound on programs that share one row: the merge step loads all SPLIT partials
+# of a row at once, and past a few hundred the partial traffic stops paying.
+MAX_SPLIT = 256
+# Bound on the backward's per-program dw/db scratch (elements): beyond ~16 MB
+# the scratch and its second reduction cost more than extra parallelism gains.
+DWB_BUDGET = 1 << 22
+
+_overrides: dict = {}
+
+
+@contextlib.contextmanager
+def override(**kw):
+    """Force ``max_tile``, ``split`` or ``programs`` inside a ``with`` block."""
+    old = dict(_overrides)
+    _overrides.update(kw)
+    try:
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(old)
+
+
+@dataclass(frozen=True)
+class RowConfig:
+    BLOCK_G: int
+    BLOCK_J: int
+    BLOCK_S: int
+    SPLIT: int
+    chunk: int      # tiles per split program
+    n_rb: int       # row blocks: N * ceil(G / BLOCK_G)
+    nGB: int
+    nSB: int
+    T: int          # tiles per row
+    num_warps: int
+
+
+def _p2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def row_config(view: RowView, x: torch.Tensor) -> RowConfig:
+    max_tile = _overrides.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE))
+    target = _overrides.get("programs", target_programs(x))
+    sizes = {"g": view.G, "j": view.Cg, "s": view.S}
+    strides = {"g": view.sG, "j": view.sJ, "s": view.sS}
+    # Fill the tile along the fastest-moving axis first so that consecutive lanes
+    # read consecutive addresses (coalesced, vectorisable loads).
+    order = sorted((a for a in sizes if sizes[a] > 1), key=lambda a: strides[a])
+    blocks = {"g": 1, "j": 1, "s": 1}
+    room = max_tile
+    for a in order:
+        cap = room
+        if a == "g":
+            # Packing rows into one program must not starve the GPU of programs.
+            cap = min(cap, _p2(max(1, view.rows // target)))
+        blocks[a] = min(_p2(sizes[a]), cap)
+        room = max(1, room // blocks[a])
+    n_gb = triton.cdiv(view.G, blocks["g"])
+    n_sb = triton.cdiv(view.S, blocks["s"])
+    tiles = triton.cdiv(view.Cg, blocks["j"]) * n_sb
+    n_rb = view.N * n_gb
+    split = 1
+    if "split" in _overrides:
+        split = _overrides["split"]
+    elif n_rb < target:
+        # Few, long rows: share each row between programs so the GPU stays busy.
+        split = min(MAX_SPLIT, triton.cdiv(target, max(n_rb, 1)))
+    split = max(1, min(split, tiles))
+    chunk = triton.cdiv(tiles, split)
+    split = triton.cdiv(tiles, chunk)
+    tile = blocks["g"] * blocks["j"] * blocks["s"]
+    # About 16 elements per thread, between 1 and 8 warps.
+    warps = max(1, min(8, tile // 512))
+    return RowConfig(blocks["g"], blocks["j"], blocks["s"], split, chunk, n_rb, n_gb, n_sb, tiles, warps)
+
+
+def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int) -> int:
+    """Persistent programs of the backward: enough to fill the device, few
+    enough that their dw/db scratch stays within DWB_BUDGET."""
+    if "programs" in _overrides:
+        return max(1, min(cfg.n_rb, _overrides["programs"]))
+    target = target_programs(x)
+    budget = max(target // 4, DWB_BUDGET // max(1, 2 * cw * cfg.SPLIT))
+    return max(1, min(cfg.n_rb, target, budget))

@@ -1,0 +1,155 @@
+"""torch.nn.functional-compatible entry points.
+
+Each function takes torch's signature and defaults.  Inputs that Triton cannot
+run on (a CPU tensor without the interpreter) and empty inputs go to
+torch.nn.functional unchanged.
+"""
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._runtime import use_triton
+from .autograd import row_norm
+from .spec import GROUP, INSTANCE, LAYER, RMS, channel_layout, row_layout
+
+__all__ = ["group_norm", "instance_norm", "layer_norm", "rms_norm"]
+
+# Ops that CUDA autocast runs in fp32 (torch's autocast op reference).
+_AUTOCAST_FP32 = {"layer_norm", "group_norm"}
+
+
+def _autocast(name: str, *tensors):
+    """Cast like torch's CUDA autocast would for op ``name``."""
+    x = tensors[0]
+    if (name in _AUTOCAST_FP32 and x.device.type == "cuda"
+            and torch.is_autocast_enabled("cuda")):
+        return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)
+    return tensors
+
+
+def _check_dtype(name: str, x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise NotImplementedError(f'"{name}" not implemented for \'{x.dtype}\'')
+
+
+def _check_vector(name: str, t: Optional[Tensor], c: int, x: Tensor) -> None:
+    if t is not None and (t.dim() != 1 or t.numel() != c):
+        raise RuntimeError(
+            f"Expected {name} to be a vector of size equal to the number of channels in "
+            f"input, but got {name} of shape {list(t.shape)} and input of shape {list(x.shape)}")
+
+
+def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
+    shape = ((normalized_shape,) if isinstance(normalized_shape, numbers.Integral)
+             else tuple(normalized_shape))
+    k = len(shape)
+    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != shape:
+        raise RuntimeError(
+            f"Given normalized_shape={list(shape)}, expected input with shape "
+            f"[*, {', '.join(map(str, shape))}], but got input of size{list(x.shape)}")
+    for pname, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != shape:
+            raise RuntimeError(
+                f"Expected {pname} to be of same shape as normalized_shape, but got {pname} "
+                f"of shape {list(p.shape)} and normalized_shape = {list(shape)}")
+    _check_dtype(name, x)
+    return shape
+
+
+def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
+    return None if p is None else p.reshape(-1)
+
+
+def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               eps: float = 1e-5) -> Tensor:
+    if not use_triton(input) or input.numel() == 0:
+        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+    shape = _normalized("LayerNormKernelImpl", input, normalized_shape, weight, bias)
+    x, weight, bias = _autocast("layer_norm", input, weight, bias)
+    xv, view = row_layout(x, math.prod(shape))
+    y, _, _ = row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)
+    return y.view(input.shape)
+
+
+def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
+             weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
+    if not use_triton(input) or input.numel() == 0:
+        return F.rms_norm(input, normalized_shape, weight, eps)
+    shape = _normalized("rms_norm", input, normalized_shape, weight, None)
+    if eps is None:
+        # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
+        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
+    xv, view = row_layout(input, math.prod(shape))
+    y, _, _ = row_norm(xv, _flat(weight), None, view, RMS, eps)
+    return y.view(input.shape)
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    if not use_triton(input) or input.numel() == 0:
+        return F.group_norm(input, num_groups, weight, bias, eps)
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    c = input.shape[1]
+    if num_groups <= 0 or c % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {list(input.shape)} and num_groups={num_groups}")
+    _check_vector("weight", weight, c, input)
+    _check_vector("bias", bias, c, input)
+    _check_dtype("GroupNormKernelImpl", input)
+    x, weight, bias = _autocast("group_norm", input, weight, bias)
+    xv, view = channel_layout(x, num_groups)
+    y, _, _ = row_norm(xv, weight, bias, view, GROUP, eps)
+    return y
+
+
+def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
+                  running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
+                  bias: Optional[Tensor] = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    if not use_triton(input) or input.numel() == 0:
+        return F.instance_norm(input, running_mean, running_var, weight, bias,
+                               use_input_stats, momentum, eps)
+    if input.dim() < 2:
+        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    if use_input_stats and math.prod(input.shape[2:]) == 1:
+        raise ValueError(
+            f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    c = input.shape[1]
+    _check_vector("weight", weight, c, input)
+    _check_vector("bias", bias, c, input)
+    _check_dtype("instance_norm", input)
+    xv, view = channel_layout(input, c)
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise RuntimeError(
+                "Expected running_mean and running_var to be defined when use_input_stats is false")
+        _check_vector("running_mean", running_mean, c, input)
+        _check_vector("running_var", running_var, c, input)
+        stats = (running_mean.detach(), torch.rsqrt(running_var.detach() + eps))
+        y, _, _ = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
+        return y
+    y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps)
+    if running_mean is not None or running_var is not None:
+        _update_running(running_mean, running_var, mean, rstd, view.S, c, momentum, eps)
+    return y
+
+
+@torch.no_grad()
+def _update_running(running_mean, running_var, mean, rstd, s, c, momentum, eps):
+    """torch.instance_norm's update: the momentum average of the per-instance
+    statistics averaged over the batch, with the unbiased variance."""
+    if running_mean is not None:
+        batch_mean = mean.view(-1, c).mean(0)
+        running_mean.mul_(1 - momentum).add_(batch_mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        var = (rstd.pow(-2) - eps).clamp_min(0) * (s / (s - 1))
+        running_var.mul_(1 - momentum).add_(var.view(-1, c).mean(0).to(running_var.dtype),
+                                            alpha=momentum)

@@ -1,0 +1,64 @@
+"""Drop-in nn.Module norm layers: torch's classes with a Triton ``forward``.
+
+Constructors, defaults, parameters, buffers, state_dict keys, extra_repr and
+isinstance checks are torch's own; only ``forward`` is overridden.
+"""
+import warnings
+
+import torch.nn as nn
+from torch import Tensor
+
+from . import functional as TF
+
+__all__ = ["GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+           "LayerNorm", "RMSNorm"]
+
+
+class LayerNorm(nn.LayerNorm):
+    def forward(self, input: Tensor) -> Tensor:
+        return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.RMSNorm):
+    def forward(self, x: Tensor) -> Tensor:
+        return TF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+class GroupNorm(nn.GroupNorm):
+    def forward(self, input: Tensor) -> Tensor:
+        return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def _instance_forward(self, input: Tensor) -> Tensor:
+    """torch's _InstanceNorm.forward, calling tritonnorm's instance_norm."""
+    self._check_input_dim(input)
+    feature_dim = input.dim() - self._get_no_batch_dim()
+    if input.size(feature_dim) != self.num_features:
+        if self.affine:
+            raise ValueError(
+                f"expected input's size at dim={feature_dim} to match num_features"
+                f" ({self.num_features}), but got: {input.size(feature_dim)}.")
+        warnings.warn(
+            f"input's size at dim={feature_dim} does not match num_features. "
+            "You can silence this warning by not passing in num_features, "
+            "which is not used because affine=False", stacklevel=3)
+    unbatched = input.dim() == self._get_no_batch_dim()
+    x = input.unsqueeze(0) if unbatched else input
+    y = TF.instance_norm(
+        x, self.running_mean, self.running_var, self.weight, self.bias,
+        self.training or not self.track_running_stats,
+        # torch passes 0.0 for momentum=None: InstanceNorm keeps no cumulative average.
+        self.momentum if self.momentum is not None else 0.0, self.eps)
+    return y.squeeze(0) if unbatched else y
+
+
+class InstanceNorm1d(nn.InstanceNorm1d):
+    forward = _instance_forward
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    forward = _instance_forward
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    forward = _instance_forward

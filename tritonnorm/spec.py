@@ -1,0 +1,89 @@
+"""Reduction specs and shape canonicalisation.
+
+A norm is the set of axes it reduces.  Every within-sample norm is addressed by
+the kernels as a strided ``[N, G, Cg, S]`` view (see kernels/tiles.py):
+
+=============  ====  ===========  ====  ===  =====================
+norm            N     G            Cg    S    affine indexed by
+=============  ====  ===========  ====  ===  =====================
+LayerNorm       1     rows         K     1    element j (W_PER_J)
+RMSNorm         1     rows         K     1    element j (W_PER_J)
+GroupNorm       N     num_groups   C/G   HWD  channel g*Cg + j
+InstanceNorm    N     C            1     HWD  channel g
+=============  ====  ===========  ====  ===  =====================
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ReductionSpec:
+    name: str
+    center: bool    # subtract the mean (False for RMSNorm)
+    w_per_j: bool   # affine per normalized element (LN/RMS) rather than per channel
+
+
+LAYER = ReductionSpec("layer_norm", center=True, w_per_j=True)
+RMS = ReductionSpec("rms_norm", center=False, w_per_j=True)
+GROUP = ReductionSpec("group_norm", center=True, w_per_j=False)
+INSTANCE = ReductionSpec("instance_norm", center=True, w_per_j=False)
+
+
+@dataclass(frozen=True)
+class RowView:
+    """Sizes and element strides of the [N, G, Cg, S] view of one tensor."""
+    N: int
+    G: int
+    Cg: int
+    S: int
+    sN: int
+    sG: int
+    sJ: int
+    sS: int
+    memory_format: torch.memory_format
+
+    @property
+    def rows(self) -> int:
+        return self.N * self.G
+
+
+def row_layout(x: torch.Tensor, k: int):
+    """LayerNorm/RMSNorm: the trailing ``k`` elements form a row."""
+    x = x.contiguous()
+    rows = x.numel() // k if k else 0
+    return x, RowView(1, rows, k, 1, 0, k, 1, 0, torch.contiguous_format)
+
+
+def _channel_format(x: torch.Tensor) -> torch.memory_format:
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def channel_layout(x: torch.Tensor, groups: int):
+    """GroupNorm/InstanceNorm on [N, C, *spatial].
+
+    NCHW and channels_last inputs are addressed through their strides, with no
+    copy; any other layout is made contiguous first."""
+    fmt = _channel_format(x)
+    if fmt is None:
+        x, fmt = x.contiguous(), torch.contiguous_format
+    n, c = x.shape[0], x.shape[1]
+    s = math.prod(x.shape[2:])
+    cg = c // groups
+    if fmt == torch.contiguous_format:
+        s_n, s_c, s_s = c * s, s, 1
+    else:
+        s_n, s_c, s_s = c * s, 1, c
+    return x, RowView(n, groups, cg, s, s_n, cg * s_c, s_c, s_s, fmt)
+
+
+def match_layout(t: torch.Tensor, view: RowView) -> torch.Tensor:
+    """Give a gradient the memory layout of the tensor the view describes."""
+    return t if t.is_contiguous(memory_format=view.memory_format) else t.contiguous(memory_format=view.memory_format)
