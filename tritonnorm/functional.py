@@ -114,9 +114,11 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    if not use_triton(input) or input.numel() == 0:
+    if not use_triton(input):
         return F.instance_norm(input, running_mean, running_var, weight, bias,
                                use_input_stats, momentum, eps)
+    if input.numel() == 0:
+        return _empty_instance_norm(input, weight, bias)
     if input.dim() < 2:
         raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
     if use_input_stats and math.prod(input.shape[2:]) == 1:
@@ -139,6 +141,18 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps)
     if running_mean is not None or running_var is not None:
         _update_running(running_mean, running_var, mean, rstd, view.S, c, momentum, eps)
+    return y
+
+
+def _empty_instance_norm(x, weight, bias):
+    """An empty batch gives an empty output (torch raises IndexError here), with
+    zero gradients for the affine parameters."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = x * 1
+    if weight is not None:
+        y = y * weight.view(shape)
+    if bias is not None:
+        y = y + bias.view(shape)
     return y
 
 

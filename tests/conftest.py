@@ -1,0 +1,49 @@
+"""Test setup: the interpreter when there is no GPU, the device, the tiling modes."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Must happen before tritonnorm (and so any @triton.jit) is imported.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+import tritonnorm.config as config  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# The three ways a row is walked: one tile, a loop of tiles, and a loop split
+# across programs (persistent programs in the backward).  Small tiles make the
+# loop and split paths run on small, fast inputs.
+TILINGS = {
+    "one-tile": {},
+    "looped": {"max_tile": 32},
+    "split": {"max_tile": 32, "split": 3, "programs": 2},
+}
+
+
+F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+# (tiling, dtype) pairs every kernel test runs under: each dtype with one tile,
+# and the loop and split walks in a full- and a half-precision dtype.
+MODES = [("one-tile", F32), ("one-tile", F16), ("one-tile", BF16), ("one-tile", F64),
+         ("looped", F32), ("looped", BF16), ("split", F32), ("split", F16)]
+
+
+@pytest.fixture(params=MODES, ids=lambda m: f"{m[0]}-{str(m[1])[6:]}")
+def mode(request):
+    """Yields the dtype, with the tiling in force."""
+    tiling, dtype = request.param
+    with config.override(**TILINGS[tiling]):
+        yield dtype
+
+
+@pytest.fixture(params=list(TILINGS))
+def tiling(request):
+    with config.override(**TILINGS[request.param]):
+        yield request.param
+
+
+@pytest.fixture
+def device():
+    return DEVICE

@@ -1,0 +1,111 @@
+"""Bad input raises torch's exception type; NaN, empty batches, determinism, fallback."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tritonnorm
+import tritonnorm._runtime as runtime
+import tritonnorm.functional as TF
+from oracle import assert_matches_torch
+
+# (what is wrong, call on tritonnorm, the same call on torch)
+BAD_INPUT = [
+    ("LN normalized_shape mismatch", lambda m: m.LayerNorm(5)(torch.randn(3, 4)), nn),
+    ("LN weight shape", lambda m: m.functional.layer_norm(torch.randn(3, 4), (4,), torch.ones(5)), None),
+    ("RMS normalized_shape mismatch", lambda m: m.RMSNorm(5)(torch.randn(3, 4)), nn),
+    ("GN channels not divisible", lambda m: m.functional.group_norm(torch.randn(2, 4, 3), 3), None),
+    ("GN channel count != num_channels", lambda m: m.GroupNorm(2, 4)(torch.randn(2, 6, 3)), nn),
+    ("GN 1-d input", lambda m: m.GroupNorm(2, 4)(torch.randn(4)), nn),
+    ("IN wrong ndim", lambda m: m.InstanceNorm2d(3)(torch.randn(3, 4)), nn),
+    ("IN channel count != num_features", lambda m: m.InstanceNorm2d(3, affine=True)(torch.randn(2, 4, 4, 4)), nn),
+    ("IN one spatial element in training", lambda m: m.InstanceNorm1d(3)(torch.randn(2, 3, 1)), nn),
+    ("LN integer dtype", lambda m: m.functional.layer_norm(torch.arange(10).view(2, 5), (5,)), None),
+    ("GN integer dtype", lambda m: m.functional.group_norm(torch.arange(12).view(2, 6), 2), None),
+    ("IN integer dtype", lambda m: m.functional.instance_norm(torch.arange(12).view(2, 2, 3)), None),
+    ("RMS integer dtype", lambda m: m.functional.rms_norm(torch.arange(10).view(2, 5), (5,)), None),
+]
+
+
+class _TorchNamespace:
+    """Lets one lambda call either library: m.LayerNorm, m.functional.layer_norm."""
+    functional = F
+    LayerNorm, RMSNorm, GroupNorm = nn.LayerNorm, nn.RMSNorm, nn.GroupNorm
+    InstanceNorm1d, InstanceNorm2d = nn.InstanceNorm1d, nn.InstanceNorm2d
+
+
+def _raised(call, lib):
+    with pytest.raises(Exception) as info:
+        call(lib)
+    return info.value
+
+
+@pytest.mark.parametrize("what,call,_", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_raises_torchs_exception_type(what, call, _):
+    ours = _raised(call, tritonnorm)
+    theirs = _raised(call, _TorchNamespace)
+    assert type(ours) is type(theirs), f"{what}: {type(ours).__name__} vs {type(theirs).__name__}"
+    assert str(ours), "the message must say what is wrong"
+
+
+@pytest.mark.parametrize("norm", ["layer", "group", "instance", "rms"])
+def test_nan_stays_in_its_row(norm, tiling, device):
+    x = torch.randn(4, 6, 10, device=device)
+    x[1, 2, 3] = float("nan")
+    fn = {"layer": lambda t: TF.layer_norm(t, (10,)), "rms": lambda t: TF.rms_norm(t, (10,)),
+          "group": lambda t: TF.group_norm(t, 3), "instance": lambda t: TF.instance_norm(t)}[norm]
+    y = fn(x)
+    bad = torch.isnan(y)
+    expected = torch.zeros_like(bad)
+    if norm in ("layer", "rms"):
+        expected[1, 2, :] = True
+    elif norm == "group":
+        expected[1, 2:4, :] = True
+    else:
+        expected[1, 2, :] = True
+    assert torch.equal(bad, expected)
+
+
+@pytest.mark.parametrize("ctor,shape,torch_handles_it", [
+    (lambda lib: lib.LayerNorm(5), (0, 5), True),
+    (lambda lib: lib.GroupNorm(2, 4), (0, 4, 3), True),
+    (lambda lib: lib.RMSNorm(5), (0, 3, 5), True),
+    # torch raises IndexError on an empty batch with affine InstanceNorm; we return empty.
+    (lambda lib: lib.InstanceNorm1d(4, affine=True), (0, 4, 3), False),
+    (lambda lib: lib.InstanceNorm2d(4), (0, 4, 3, 3), True),
+])
+def test_empty_batch_gives_empty_output_and_zero_param_grads(ctor, shape, torch_handles_it, device):
+    ours = ctor(tritonnorm).to(device)
+    x = torch.randn(shape, device=device)
+    if torch_handles_it:
+        assert_matches_torch(ours, ctor(nn).to(device), [x])
+    x.requires_grad_()
+    y = ours(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    if ours.weight is not None:
+        assert ours.weight.grad is not None and torch.all(ours.weight.grad == 0)
+
+
+def test_backward_is_deterministic(tiling, device):
+    x = torch.randn(6, 8, 5, 5, device=device, requires_grad=True)
+    g = tritonnorm.GroupNorm(4, 8).to(device)
+    dy = torch.randn(6, 8, 5, 5, device=device)
+    grads = []
+    for _ in range(2):
+        x.grad = g.weight.grad = g.bias.grad = None
+        g(x).backward(dy)
+        grads.append((x.grad.clone(), g.weight.grad.clone(), g.bias.grad.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_cpu_tensor_without_interpreter_falls_back_to_torch(monkeypatch):
+    monkeypatch.setattr(runtime, "INTERPRET", False)
+    x = torch.randn(3, 4, 5)
+    calls = []
+    monkeypatch.setattr(tritonnorm.functional, "row_norm", lambda *a, **k: calls.append(a))
+    for ours, ref in [(tritonnorm.LayerNorm(5), nn.LayerNorm(5)), (tritonnorm.GroupNorm(2, 4), nn.GroupNorm(2, 4)),
+                      (tritonnorm.InstanceNorm1d(4), nn.InstanceNorm1d(4)), (tritonnorm.RMSNorm(5), nn.RMSNorm(5))]:
+        assert torch.equal(ours(x), ref(x))
+    assert calls == [], "no kernel may be launched for a CPU tensor without the interpreter"

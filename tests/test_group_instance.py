@@ -1,0 +1,146 @@
+"""GroupNorm and InstanceNorm: rows are (n, group) over C/G channels x spatial."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tritonnorm
+import tritonnorm.functional as TF
+from oracle import TOL, assert_matches_torch
+
+# (input shape, num_groups): 2-d input, ragged and prime sizes, 1d/2d/3d
+# spatial, G = 1 and G = C, and a group longer than one default tile.
+GN_SHAPES = [
+    ((3, 6), 3),
+    ((2, 6, 5), 3),
+    ((3, 8, 5, 7), 4),
+    ((2, 4, 9, 9), 1),
+    ((2, 6, 13), 6),
+    ((2, 6, 3, 4, 5), 2),
+]
+IN_SHAPES = [(2, 3, 5), (3, 4, 7, 5), (2, 3, 3, 4, 5)]
+# Rows longer than one default tile (4096 elements), walked with default tiles.
+GN_LONG = [((1, 4, 47, 47), 2), ((2, 3, 9, 23, 21), 1)]
+IN_LONG = [(1, 2, 67, 67)]
+
+
+def with_layouts(cases):
+    """Every case in NC* layout, and 4-d/5-d cases in channels_last too."""
+    out = []
+    for case in cases:
+        shape = case[0] if isinstance(case[0], tuple) else case
+        out.append((case, "contiguous"))
+        if len(shape) >= 4:
+            out.append((case, "channels_last"))
+    return out
+
+
+def _layout(x, layout):
+    if layout == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last" and x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def _format(x):
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim(), torch.contiguous_format)
+
+
+def _affine(c, affine, dtype, device):
+    if not affine:
+        return None, None
+    return torch.randn(c, dtype=dtype, device=device), torch.randn(c, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("case,layout", with_layouts(GN_SHAPES), ids=str)
+def test_group_norm_matches_torch(case, layout, affine, mode, device):
+    _group_norm_case(*case, layout, affine, mode, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case,layout", with_layouts(GN_LONG), ids=str)
+def test_group_norm_long_groups(case, layout, dtype, device):
+    _group_norm_case(*case, layout, True, dtype, device)
+
+
+def _group_norm_case(shape, groups, layout, affine, dtype, device):
+    x = _layout(torch.randn(shape, dtype=dtype, device=device), layout)
+    w, b = _affine(shape[1], affine, dtype, device)
+    y = assert_matches_torch(lambda x, w, b: TF.group_norm(x, groups, w, b, 1e-5),
+                             lambda x, w, b: F.group_norm(x, groups, w, b, 1e-5), [x, w, b])
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=_format(x)), "output must keep channels_last"
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape,layout", with_layouts(IN_SHAPES), ids=str)
+def test_instance_norm_matches_torch(shape, layout, affine, mode, device):
+    _instance_norm_case(shape, layout, affine, mode, device)
+
+
+@pytest.mark.parametrize("shape,layout", with_layouts(IN_LONG), ids=str)
+def test_instance_norm_long_rows(shape, layout, device):
+    _instance_norm_case(shape, layout, True, torch.float32, device)
+
+
+def _instance_norm_case(shape, layout, affine, dtype, device):
+    x = _layout(torch.randn(shape, dtype=dtype, device=device), layout)
+    w, b = _affine(shape[1], affine, dtype, device)
+    y = assert_matches_torch(lambda x, w, b: TF.instance_norm(x, weight=w, bias=b),
+                             lambda x, w, b: F.instance_norm(x, weight=w, bias=b), [x, w, b])
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=_format(x))
+
+
+IN_MODULES = [(tritonnorm.InstanceNorm1d, nn.InstanceNorm1d, (4, 3, 9)),
+              (tritonnorm.InstanceNorm2d, nn.InstanceNorm2d, (4, 3, 5, 6)),
+              (tritonnorm.InstanceNorm3d, nn.InstanceNorm3d, (2, 3, 3, 4, 5))]
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("ours_cls,ref_cls,shape", IN_MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_instance_norm_running_stats_over_steps_then_eval(ours_cls, ref_cls, shape, affine, momentum, device):
+    kw = dict(affine=affine, track_running_stats=True, momentum=momentum)
+    ref = ref_cls(3, **kw).to(device)
+    ours = ours_cls(3, **kw).to(device)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())
+    for step in range(3):
+        x = torch.randn(shape, device=device) * (step + 1) + step
+        assert_matches_torch(ours, ref, [x])
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, msg=f"step {step}")
+        torch.testing.assert_close(ours.running_var, ref.running_var, msg=f"step {step}")
+        assert torch.equal(ours.num_batches_tracked, ref.num_batches_tracked)
+    ours.eval()
+    ref.eval()
+    assert_matches_torch(ours, ref, [torch.randn(shape, device=device) + 1])
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+
+
+@pytest.mark.parametrize("ours_cls,ref_cls,shape", IN_MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_instance_norm_without_batch_dim(ours_cls, ref_cls, shape, device):
+    ref = ref_cls(3, affine=True).to(device)
+    ours = ours_cls(3, affine=True).to(device)
+    ours.load_state_dict(ref.state_dict())
+    assert_matches_torch(ours, ref, [torch.randn(shape[1:], device=device)])
+
+
+def test_group_norm_module_keeps_torch_state_and_defaults(device):
+    g = tritonnorm.GroupNorm(2, 6)
+    assert isinstance(g, nn.GroupNorm) and repr(g) == repr(nn.GroupNorm(2, 6))
+    assert g.state_dict().keys() == nn.GroupNorm(2, 6).state_dict().keys()
+    i = tritonnorm.InstanceNorm2d(3)
+    assert isinstance(i, nn.InstanceNorm2d)
+    assert not i.affine and not i.track_running_stats and i.running_mean is None
+
+
+def test_untracked_instance_norm_uses_batch_stats_in_eval(device):
+    ours, ref = tritonnorm.InstanceNorm2d(3).eval(), nn.InstanceNorm2d(3).eval()
+    x = torch.randn(2, 3, 4, 5, device=device) * 3 + 2
+    torch.testing.assert_close(ours(x), ref(x), **TOL[torch.float32])
