@@ -28,17 +28,24 @@ from .tiles import chan_merge, sum_js, tile_moments, tile_offsets
 def _param_index(g, j, Cg, G, W_PER_J: tl.constexpr):
     """Index of the affine parameter of each (g, j) and its mask."""
     if W_PER_J:
-        return j, j < Cg
-    return g * Cg + j, (g < G) & (j < Cg)
+        idx = j
+        mask = j < Cg
+    else:
+        idx = g * Cg + j
+        mask = (g < G) & (j < Cg)
+    return idx, mask
 
 
 @triton.jit
 def _chunk(T, chunk, PHASE: tl.constexpr):
     """The tile range [t0, t1) this program walks along its row."""
-    if PHASE == 0 or PHASE == 3:
-        return 0, T
-    t0 = tl.program_id(1) * chunk
-    return t0, tl.minimum(t0 + chunk, T)
+    if PHASE == 1 or PHASE == 2:
+        t0 = tl.program_id(1) * chunk
+        t1 = tl.minimum(t0 + chunk, T)
+    else:
+        t0 = 0
+        t1 = T
+    return t0, t1
 
 
 @triton.jit
