@@ -21,7 +21,7 @@ Programs are persistent over row blocks: program ``pid`` takes row blocks
 import triton
 import triton.language as tl
 
-from .tiles import chan_merge, sum_js, tile_moments, tile_offsets
+from .tiles import chan_merge, row_block, sum_js, tile_moments, tile_offsets
 
 
 @triton.jit
@@ -73,12 +73,7 @@ def row_norm_fwd(
     p = tl.program_id(1)
     t0, t1 = _chunk(T, chunk, PHASE)
     for rb in range(pid, n_rb, nprog):
-        n = rb // nGB
-        g0 = (rb - n * nGB) * BLOCK_G
-        rows = g0 + tl.arange(0, BLOCK_G)
-        rmask = rows < G
-        r = n.to(tl.int64) * G + rows
-        rs = n.to(tl.int64) * stat_sN + rows
+        n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
             rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
@@ -164,12 +159,7 @@ def row_norm_bwd(
     t0, t1 = _chunk(T, chunk, PHASE)
     dwb = DWB_ptr + (pid * SPLIT + p).to(tl.int64) * 2 * Cw
     for rb in range(pid, n_rb, nprog):
-        n = rb // nGB
-        g0 = (rb - n * nGB) * BLOCK_G
-        rows = g0 + tl.arange(0, BLOCK_G)
-        rmask = rows < G
-        r = n.to(tl.int64) * G + rows
-        rs = n.to(tl.int64) * stat_sN + rows
+        n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
         mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
         rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
         if PHASE == 3:

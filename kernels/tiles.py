@@ -17,6 +17,18 @@ import triton.language as tl
 
 
 @triton.jit
+def row_block(rb, nGB, G, stat_sN, BLOCK_G: tl.constexpr):
+    """Row block ``rb``: its sample n, first group g0, row mask, the rows' index
+    into per-row buffers (r = n * G + g) and into the statistics (rs)."""
+    n = rb // nGB
+    g0 = (rb - n * nGB) * BLOCK_G
+    rows = g0 + tl.arange(0, BLOCK_G)
+    r = n.to(tl.int64) * G + rows
+    rs = n.to(tl.int64) * stat_sN + rows
+    return n, g0, rows < G, r, rs
+
+
+@triton.jit
 def tile_offsets(t, n, g0, G, Cg, S,
                  sN, sG, sJ, sS, nSB,
                  BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):

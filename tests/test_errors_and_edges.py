@@ -24,6 +24,8 @@ BAD_INPUT = [
     ("GN integer dtype", lambda m: m.functional.group_norm(torch.arange(12).view(2, 6), 2), None),
     ("IN integer dtype", lambda m: m.functional.instance_norm(torch.arange(12).view(2, 2, 3)), None),
     ("RMS integer dtype", lambda m: m.functional.rms_norm(torch.arange(10).view(2, 5), (5,)), None),
+    ("GN weight on another device", lambda m: m.functional.group_norm(
+        torch.randn(2, 4, 3), 2, torch.ones(4, device="meta")), None),
 ]
 
 

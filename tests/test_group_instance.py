@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import tritonnorm
 import tritonnorm.functional as TF
+from tritonnorm.spec import channel_layout
 from oracle import TOL, assert_matches_torch
 
 # (input shape, num_groups): 2-d input, ragged and prime sizes, 1d/2d/3d
@@ -129,6 +130,22 @@ def test_instance_norm_without_batch_dim(ours_cls, ref_cls, shape, device):
     ours = ours_cls(3, affine=True).to(device)
     ours.load_state_dict(ref.state_dict())
     assert_matches_torch(ours, ref, [torch.randn(shape[1:], device=device)])
+
+
+@pytest.mark.parametrize("shape,fmt", [((2, 6, 4, 5), torch.channels_last),
+                                       ((2, 6, 3, 4, 5), torch.channels_last_3d)])
+def test_channels_last_is_read_in_place(shape, fmt, device):
+    """NHWC/NDHWC input is addressed through its strides: no hidden copy."""
+    x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+    xv, view = channel_layout(x, 3)
+    assert xv is x and view.sS == 6 and view.sJ == 1
+
+
+def test_strided_parameters_are_read_correctly(device):
+    x = torch.randn(2, 4, 5, device=device)
+    w, b = torch.randn(8, device=device)[::2], torch.randn(8, device=device)[1::2]
+    torch.testing.assert_close(TF.group_norm(x, 2, w, b), F.group_norm(x, 2, w, b))
+    torch.testing.assert_close(TF.instance_norm(x, weight=w, bias=b), F.instance_norm(x, weight=w, bias=b))
 
 
 def test_group_norm_module_keeps_torch_state_and_defaults(device):

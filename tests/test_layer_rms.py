@@ -73,15 +73,22 @@ def test_low_precision_input_with_fp32_params_keeps_torchs_dtype(dtype, device):
                          lambda x, w, b: F.layer_norm(x, (33,), w, b), [x, w, b], dtype=dtype)
 
 
+AUTOCAST_MODULES = [
+    (lambda lib: lib.LayerNorm(33), (4, 6, 33)),
+    (lambda lib: lib.RMSNorm(33), (4, 6, 33)),
+    (lambda lib: lib.GroupNorm(3, 6, affine=True), (4, 6, 33)),
+    (lambda lib: lib.InstanceNorm1d(6, affine=True), (4, 6, 33)),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_autocast_result_dtype(dtype, device):
-    x = torch.randn(4, 33, device=device)
-    m, ref = tritonnorm.LayerNorm(33).to(device), nn.LayerNorm(33).to(device)
+@pytest.mark.parametrize("ctor,shape", AUTOCAST_MODULES)
+def test_autocast_result_dtype(ctor, shape, dtype, device):
+    ours, ref = ctor(tritonnorm).to(device), ctor(nn).to(device)
+    x = torch.randn(shape, device=device)
     with torch.autocast(device, dtype=dtype):
         h = x @ torch.eye(33, device=device)  # a low-precision activation, as in a model
-        assert m(h).dtype == ref(h).dtype
-        g = tritonnorm.GroupNorm(3, 33).to(device)
-        assert g(h).dtype == nn.GroupNorm(3, 33).to(device)(h).dtype
+        assert ours(h).dtype == ref(h).dtype
 
 
 @pytest.mark.parametrize("mean", [1e4, -3e3])

@@ -61,7 +61,16 @@ def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
 
 
 def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
-    return None if p is None else p.reshape(-1)
+    """A parameter as the dense vector the kernels index (a copy only if strided)."""
+    return None if p is None else p.reshape(-1).contiguous()
+
+
+def _check_devices(x: Tensor, *others: Optional[Tensor]) -> None:
+    for t in others:
+        if t is not None and t.device != x.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two "
+                f"devices, {x.device} and {t.device}!")
 
 
 def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
@@ -70,6 +79,7 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     if not use_triton(input) or input.numel() == 0:
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     shape = _normalized("LayerNormKernelImpl", input, normalized_shape, weight, bias)
+    _check_devices(input, weight, bias)
     x, weight, bias = _autocast("layer_norm", input, weight, bias)
     xv, view = row_layout(x, math.prod(shape))
     y, _, _ = row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)
@@ -81,6 +91,7 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     if not use_triton(input) or input.numel() == 0:
         return F.rms_norm(input, normalized_shape, weight, eps)
     shape = _normalized("rms_norm", input, normalized_shape, weight, None)
+    _check_devices(input, weight)
     if eps is None:
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
@@ -104,9 +115,10 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     _check_vector("weight", weight, c, input)
     _check_vector("bias", bias, c, input)
     _check_dtype("GroupNormKernelImpl", input)
+    _check_devices(input, weight, bias)
     x, weight, bias = _autocast("group_norm", input, weight, bias)
     xv, view = channel_layout(x, num_groups)
-    y, _, _ = row_norm(xv, weight, bias, view, GROUP, eps)
+    y, _, _ = row_norm(xv, _flat(weight), _flat(bias), view, GROUP, eps)
     return y
 
 
@@ -128,6 +140,8 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     _check_vector("weight", weight, c, input)
     _check_vector("bias", bias, c, input)
     _check_dtype("instance_norm", input)
+    _check_devices(input, weight, bias, running_mean, running_var)
+    weight, bias = _flat(weight), _flat(bias)
     xv, view = channel_layout(input, c)
     if not use_input_stats:
         if running_mean is None or running_var is None:
@@ -135,7 +149,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                 "Expected running_mean and running_var to be defined when use_input_stats is false")
         _check_vector("running_mean", running_mean, c, input)
         _check_vector("running_var", running_var, c, input)
-        stats = (running_mean.detach(), torch.rsqrt(running_var.detach() + eps))
+        stats = (running_mean.detach().contiguous(), torch.rsqrt(running_var.detach() + eps))
         y, _, _ = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
         return y
     y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps)
