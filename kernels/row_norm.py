@@ -5,8 +5,12 @@ reduction spec on the host picks the view ``[N, G, Cg, S]`` (see tiles.py) and
 the constexprs below carry the rest:
 
 * ``CENTER``  -- subtract the mean (everything but RMSNorm),
-* ``W_PER_J`` -- affine parameters indexed by ``j`` (LayerNorm/RMSNorm, per
-  element) rather than by channel ``g * Cg + j`` (GroupNorm/InstanceNorm),
+* ``W_MODE``  -- how the affine parameters are indexed: 0 by channel
+  ``g * Cg + j`` (GroupNorm/InstanceNorm), 1 by element ``j`` (LayerNorm/RMSNorm),
+  2 by row ``g`` (BatchNorm, whose rows are channels),
+* ``UPDATE_RUNNING`` -- fold the batch statistics into running_mean/var in
+  place (BatchNorm), with momentum, or 1 / num_batches_tracked read on the
+  device when ``CUMULATIVE`` (momentum=None): no host sync,
 * ``PHASE``   -- 0: one program owns whole rows; 1 and 2: a row is split over
   ``SPLIT`` programs (axis 1 of the grid); phase 1 writes per-program partials
   and phase 2 merges them and finishes the row chunk it owns; 3: the
@@ -25,15 +29,33 @@ from .tiles import chan_merge, row_block, sum_js, tile_moments, tile_offsets
 
 
 @triton.jit
-def _param_index(g, j, Cg, G, W_PER_J: tl.constexpr):
+def _param_index(g, j, Cg, G, W_MODE: tl.constexpr):
     """Index of the affine parameter of each (g, j) and its mask."""
-    if W_PER_J:
+    if W_MODE == 1:
         idx = j
         mask = j < Cg
+    elif W_MODE == 2:
+        idx = g
+        mask = g < G
     else:
         idx = g * Cg + j
         mask = (g < G) & (j < Cg)
     return idx, mask
+
+
+@triton.jit
+def _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2, momentum,
+                    CUMULATIVE: tl.constexpr):
+    """running = (1 - f) * running + f * batch, with the unbiased variance."""
+    if CUMULATIVE:
+        f = 1.0 / tl.load(NBT_ptr).to(tl.float32)
+    else:
+        f = momentum
+    var = m2 / tl.maximum(cnt - 1.0, 1.0)
+    rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
+    rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
+    tl.store(RM_ptr + rs, f * mean + (1.0 - f) * rm, mask=rmask)
+    tl.store(RV_ptr + rs, f * var + (1.0 - f) * rv, mask=rmask)
 
 
 @triton.jit
@@ -52,15 +74,19 @@ def _chunk(T, chunk, PHASE: tl.constexpr):
 def row_norm_fwd(
     X_ptr,     # shape (N, G, Cg, S), strided
     Y_ptr,     # shape (N, G, Cg, S), same strides as X
-    W_ptr,     # shape (G * Cg,) per channel, or (Cg,) when W_PER_J
+    W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     B_ptr,     # shape like W
     Mean_ptr,  # shape (N * G,) saved mean, fp32 (fp64 for fp64 input); (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,) saved 1 / sqrt(var + eps)
     Part_ptr,  # shape (N * G, SPLIT, 3) Chan partials (count, mean, M2); PHASE 1/2 only
+    RM_ptr,    # shape (G,) running_mean, updated in place when UPDATE_RUNNING
+    RV_ptr,    # shape (G,) running_var
+    NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, eps,
+    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, eps, momentum,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
-    HAS_B: tl.constexpr, W_PER_J: tl.constexpr, ACC: tl.constexpr,
+    HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_SPLIT: tl.constexpr,
 ):
@@ -110,12 +136,15 @@ def row_norm_fwd(
                 if p == 0:
                     tl.store(Mean_ptr + rs, mean, mask=rmask)
                     tl.store(Rstd_ptr + rs, rstd, mask=rmask)
+                    if UPDATE_RUNNING:
+                        _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2,
+                                        momentum, CUMULATIVE)
             for t in range(t0, t1):
                 offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                 BLOCK_G, BLOCK_J, BLOCK_S)
                 x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
                 y = (x - mean[:, None, None]) * rstd[:, None, None]
-                widx, wmask = _param_index(g, j, Cg, G, W_PER_J)
+                widx, wmask = _param_index(g, j, Cg, G, W_MODE)
                 if HAS_W:
                     y = y * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
                 if HAS_B:
@@ -128,7 +157,7 @@ def row_norm_bwd(
     X_ptr,     # shape (N, G, Cg, S), strided
     DY_ptr,    # shape (N, G, Cg, S), same strides as X
     DX_ptr,    # shape (N, G, Cg, S), same strides as X
-    W_ptr,     # shape (G * Cg,) per channel, or (Cg,) when W_PER_J
+    W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,)
     Part_ptr,  # shape (N * G, SPLIT, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
@@ -136,7 +165,7 @@ def row_norm_bwd(
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, Cw, M,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
-    NEED_DWB: tl.constexpr, W_PER_J: tl.constexpr, ACC: tl.constexpr,
+    NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_SPLIT: tl.constexpr,
 ):
@@ -181,7 +210,7 @@ def row_norm_bwd(
                 x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
                 wdy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
                 if HAS_W:
-                    widx, wmask = _param_index(g, j, Cg, G, W_PER_J)
+                    widx, wmask = _param_index(g, j, Cg, G, W_MODE)
                     wdy = wdy * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
                 a1 += sum_js(wdy * xhat)
@@ -198,7 +227,7 @@ def row_norm_bwd(
                                                 BLOCK_G, BLOCK_J, BLOCK_S)
                 x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
                 dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
-                widx, wmask = _param_index(g, j, Cg, G, W_PER_J)
+                widx, wmask = _param_index(g, j, Cg, G, W_MODE)
                 wdy = dy
                 if HAS_W:
                     wdy = dy * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
@@ -208,17 +237,21 @@ def row_norm_bwd(
                     dx = dx - c2
                 tl.store(DX_ptr + offs, (dx * rstd).to(DX_ptr.dtype.element_ty), mask=mask)
                 if NEED_DWB:
-                    _accumulate_dwb(dwb, Cw, dy * xhat, dy, widx, wmask, W_PER_J)
+                    _accumulate_dwb(dwb, Cw, dy * xhat, dy, widx, wmask, W_MODE)
 
 
 @triton.jit
-def _accumulate_dwb(dwb, Cw, dyx, dy, widx, wmask, W_PER_J: tl.constexpr):
+def _accumulate_dwb(dwb, Cw, dyx, dy, widx, wmask, W_MODE: tl.constexpr):
     """Add one tile's dw/db contribution into this program's own partial row."""
     pw = tl.sum(dyx, axis=2, keep_dims=True)
     pb = tl.sum(dy, axis=2, keep_dims=True)
-    if W_PER_J:
+    if W_MODE == 1:
         # LayerNorm/RMSNorm: every row of the tile shares the parameter index j.
         pw = tl.sum(pw, axis=0, keep_dims=True)
         pb = tl.sum(pb, axis=0, keep_dims=True)
+    elif W_MODE == 2:
+        # BatchNorm: one parameter per row.
+        pw = tl.sum(pw, axis=1, keep_dims=True)
+        pb = tl.sum(pb, axis=1, keep_dims=True)
     tl.store(dwb + widx, tl.load(dwb + widx, mask=wmask, other=0.0) + pw, mask=wmask)
     tl.store(dwb + Cw + widx, tl.load(dwb + Cw + widx, mask=wmask, other=0.0) + pb, mask=wmask)

@@ -3,8 +3,10 @@
 Set TRITON_INTERPRET=1 before importing to run the kernels on the CPU.
 """
 from . import functional
-from .modules import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm
+from .convert import convert
+from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
+                      InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm)
 
 __version__ = "0.1.0"
-__all__ = ["functional", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-           "LayerNorm", "RMSNorm"]
+__all__ = ["functional", "convert", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "RMSNorm"]

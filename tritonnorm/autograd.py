@@ -10,12 +10,14 @@ class RowNormFunction(torch.autograd.Function):
     """y = norm(x) * weight + bias over the rows of a [N, G, Cg, S] view.
 
     ``stats`` (mean, rstd), when given, are constants applied instead of batch
-    statistics (InstanceNorm with running statistics in eval)."""
+    statistics (running statistics in eval).  ``running`` is passed to
+    row_forward to update running statistics in place (BatchNorm training)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, view: RowView, spec: ReductionSpec, eps: float, stats):
+    def forward(ctx, x, weight, bias, view: RowView, spec: ReductionSpec, eps: float, stats,
+                running):
         mean, rstd = stats if stats is not None else (None, None)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, rstd)
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, rstd, running)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.view, ctx.spec, ctx.fixed = view, spec, stats is not None
         ctx.has_bias = bias is not None
@@ -30,9 +32,9 @@ class RowNormFunction(torch.autograd.Function):
         dx, dw, db = row_backward(
             x, match_layout(dy, ctx.view), ctx.view, ctx.spec, weight, mean, rstd,
             need_dw, need_db and ctx.has_bias, ctx.fixed)
-        return (dx if need_dx else None), dw, db, None, None, None, None
+        return (dx if need_dx else None), dw, db, None, None, None, None, None
 
 
-def row_norm(x, weight, bias, view, spec, eps, stats=None):
+def row_norm(x, weight, bias, view, spec, eps, stats=None, running=None):
     """Apply the row norm; returns (y, mean, rstd)."""
-    return RowNormFunction.apply(x, weight, bias, view, spec, eps, stats)
+    return RowNormFunction.apply(x, weight, bias, view, spec, eps, stats, running)

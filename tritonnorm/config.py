@@ -72,8 +72,12 @@ def row_config(view: RowView, x: torch.Tensor) -> RowConfig:
     for a in order:
         cap = room
         if a == "g":
-            # Packing rows into one program must not starve the GPU of programs.
+            # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
+            if a == order[0]:
+                # ...unless rows are the contiguous axis (channels_last IN/BN): then 32
+                # adjacent rows keep a warp's loads coalesced; the split restores parallelism.
+                cap = min(room, max(cap, 32))
         blocks[a] = min(_p2(sizes[a]), cap)
         room = max(1, room // blocks[a])
     n_gb = triton.cdiv(view.G, blocks["g"])

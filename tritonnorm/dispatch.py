@@ -5,7 +5,7 @@ import triton.language as tl
 
 from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
-from .spec import ReductionSpec, RowView
+from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -32,11 +32,14 @@ def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:
 
 
 def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
-                mean=None, rstd=None, out_dtype=None):
+                mean=None, rstd=None, running=None, out_dtype=None):
     """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
 
     With ``mean``/``rstd`` given (shape (G,), one per group, e.g. running
-    statistics) the statistics pass is skipped and those are applied."""
+    statistics) the statistics pass is skipped and those are applied.
+    ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
+    folds the batch statistics into the buffers in place; momentum None means
+    the cumulative average 1 / num_batches_tracked, read on the device."""
     acc = acc_dtype(x)
     cfg = config.row_config(view, x)
     y = _empty_like_strided(x, out_dtype)
@@ -50,12 +53,15 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     phases = [3] if fixed else ([0] if cfg.SPLIT == 1 else [1, 2])
     w = weight if weight is not None else x
     b = bias if bias is not None else x
+    rm, rv, momentum, nbt = running if running is not None else (mean, mean, 0.0, mean)
     for phase in phases:
         grid = (cfg.n_rb, 1 if phase in (0, 3) else cfg.SPLIT)
         row_norm_fwd[grid](
-            x, y, w, b, mean, rstd, part, *_geometry(view, cfg), 0 if fixed else view.G, eps,
+            x, y, w, b, mean, rstd, part, rm, rv, nbt if nbt is not None else mean,
+            *_geometry(view, cfg), 0 if fixed else view.G, eps, float(momentum or 0.0),
             PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
-            HAS_B=bias is not None, W_PER_J=spec.w_per_j, ACC=_tl(acc), **_blocks(cfg))
+            HAS_B=bias is not None, W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None,
+            CUMULATIVE=momentum is None, ACC=_tl(acc), **_blocks(cfg))
     return y, mean, rstd
 
 
@@ -67,7 +73,8 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     dx = w * dy * rstd."""
     acc = acc_dtype(x)
     cfg = config.row_config(view, x)
-    cw = weight.numel() if weight is not None else (view.Cg if spec.w_per_j else view.G * view.Cg)
+    cw = weight.numel() if weight is not None else {
+        W_BY_ELEMENT: view.Cg, W_BY_ROW: view.G}.get(spec.w_mode, view.G * view.Cg)
     nprog = config.backward_programs(cfg, x, cw)
     need_dwb = need_dw or need_db
     dx = _empty_like_strided(x)
@@ -84,7 +91,7 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
             x, dy, dx, w, mean, rstd, part, dwb, *_geometry(view, cfg),
             0 if fixed else view.G, cw, float(view.Cg * view.S),
             PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
-            NEED_DWB=need_dwb and phase != 1, W_PER_J=spec.w_per_j, ACC=_tl(acc), **_blocks(cfg))
+            NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode, ACC=_tl(acc), **_blocks(cfg))
     dw = db = None
     if need_dwb:
         pdtype = weight.dtype if weight is not None else x.dtype

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from ._runtime import use_triton
 from .autograd import row_norm
-from .spec import GROUP, INSTANCE, LAYER, RMS, channel_layout, row_layout
+from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
 
-__all__ = ["group_norm", "instance_norm", "layer_norm", "rms_norm"]
+__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
 
 # Ops that CUDA autocast runs in fp32 (torch's autocast op reference).
 _AUTOCAST_FP32 = {"layer_norm", "group_norm"}
@@ -34,6 +34,11 @@ def _autocast(name: str, *tensors):
 def _check_dtype(name: str, x: Tensor) -> None:
     if not x.is_floating_point():
         raise NotImplementedError(f'"{name}" not implemented for \'{x.dtype}\'')
+
+
+def _check_size(name: str, t: Optional[Tensor], c: int) -> None:
+    if t is not None and t.numel() != c:
+        raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
 
 
 def _check_vector(name: str, t: Optional[Tensor], c: int, x: Tensor) -> None:
@@ -181,3 +186,49 @@ def _update_running(running_mean, running_var, mean, rstd, s, c, momentum, eps):
         var = (rstd.pow(-2) - eps).clamp_min(0) * (s / (s - 1))
         running_var.mul_(1 - momentum).add_(var.view(-1, c).mean(0).to(running_var.dtype),
                                             alpha=momentum)
+
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    return batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
+                              momentum, eps)
+
+
+def batch_norm_tracked(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                       num_batches_tracked: Optional[Tensor] = None) -> Tensor:
+    """batch_norm, where momentum=None with ``num_batches_tracked`` (already
+    incremented) means the cumulative average 1 / num_batches_tracked, computed
+    on the device: no host sync."""
+    if not use_triton(input) or input.numel() == 0:
+        if momentum is None:
+            momentum = 1.0 / float(num_batches_tracked) if num_batches_tracked is not None else 0.0
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    c = input.shape[1] if input.dim() > 1 else 0
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        _check_size(name, t, c)
+    if training and input.numel() // c == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    _check_dtype("batch_norm", input)
+    _check_devices(input, weight, bias, running_mean, running_var)
+    weight, bias = _flat(weight), _flat(bias)
+    xv, view = batch_layout(input)
+    if not training:
+        if running_mean is None:
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        stats = (running_mean.detach().contiguous(), torch.rsqrt(running_var.detach() + eps))
+        y, _, _ = row_norm(xv, weight, bias, view, BATCH, eps, stats)
+        return y
+    running = None
+    if running_mean is not None:
+        if not (running_mean.is_contiguous() and running_var.is_contiguous()):
+            raise RuntimeError("running_mean and running_var must be contiguous to be updated in place")
+        running = (running_mean, running_var, momentum, num_batches_tracked)
+        if momentum is None and num_batches_tracked is None:
+            raise ValueError("momentum=None needs num_batches_tracked for the cumulative average")
+    y, _, _ = row_norm(xv, weight, bias, view, BATCH, eps, running=running)
+    return y

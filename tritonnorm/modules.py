@@ -10,7 +10,7 @@ from torch import Tensor
 
 from . import functional as TF
 
-__all__ = ["GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "RMSNorm"]
 
 
@@ -62,3 +62,32 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
 class InstanceNorm3d(nn.InstanceNorm3d):
     forward = _instance_forward
+
+
+def _batch_forward(self, input: Tensor) -> Tensor:
+    """torch's _BatchNorm.forward, calling tritonnorm's batch_norm.  With
+    momentum=None the cumulative-average factor is read on the device."""
+    self._check_input_dim(input)
+    momentum = 0.0 if self.momentum is None else self.momentum
+    tracked = None
+    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            momentum, tracked = None, self.num_batches_tracked
+    bn_training = self.training or (self.running_mean is None and self.running_var is None)
+    use_buffers = not self.training or self.track_running_stats
+    return TF.batch_norm_tracked(
+        input, self.running_mean if use_buffers else None, self.running_var if use_buffers else None,
+        self.weight, self.bias, bn_training, momentum, self.eps, tracked)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    forward = _batch_forward
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    forward = _batch_forward
+
+
+class BatchNorm3d(nn.BatchNorm3d):
+    forward = _batch_forward

@@ -6,11 +6,16 @@ the kernels as a strided ``[N, G, Cg, S]`` view (see kernels/tiles.py):
 =============  ====  ===========  ====  ===  =====================
 norm            N     G            Cg    S    affine indexed by
 =============  ====  ===========  ====  ===  =====================
-LayerNorm       1     rows         K     1    element j (W_PER_J)
-RMSNorm         1     rows         K     1    element j (W_PER_J)
+LayerNorm       1     rows         K     1    element j
+RMSNorm         1     rows         K     1    element j
 GroupNorm       N     num_groups   C/G   HWD  channel g*Cg + j
-InstanceNorm    N     C            1     HWD  channel g
+InstanceNorm    N     C            1     HWD  channel g*Cg + j = g
+BatchNorm       1     C            N     HWD  row g (= channel)
 =============  ====  ===========  ====  ===  =====================
+
+BatchNorm reduces across the batch: its rows are channels and the ``j`` axis
+walks the samples (stride sN), so few rows of N*S elements each -- exactly
+what the split reduction (PHASE 1/2) spreads over many programs.
 """
 import math
 from dataclasses import dataclass
@@ -18,17 +23,22 @@ from dataclasses import dataclass
 import torch
 
 
+# How the affine parameters are indexed (the kernels' W_MODE).
+W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW = 0, 1, 2
+
+
 @dataclass(frozen=True)
 class ReductionSpec:
     name: str
     center: bool    # subtract the mean (False for RMSNorm)
-    w_per_j: bool   # affine per normalized element (LN/RMS) rather than per channel
+    w_mode: int     # W_BY_CHANNEL, W_BY_ELEMENT or W_BY_ROW
 
 
-LAYER = ReductionSpec("layer_norm", center=True, w_per_j=True)
-RMS = ReductionSpec("rms_norm", center=False, w_per_j=True)
-GROUP = ReductionSpec("group_norm", center=True, w_per_j=False)
-INSTANCE = ReductionSpec("instance_norm", center=True, w_per_j=False)
+LAYER = ReductionSpec("layer_norm", center=True, w_mode=W_BY_ELEMENT)
+RMS = ReductionSpec("rms_norm", center=False, w_mode=W_BY_ELEMENT)
+GROUP = ReductionSpec("group_norm", center=True, w_mode=W_BY_CHANNEL)
+INSTANCE = ReductionSpec("instance_norm", center=True, w_mode=W_BY_CHANNEL)
+BATCH = ReductionSpec("batch_norm", center=True, w_mode=W_BY_ROW)
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,8 @@ def _channel_format(x: torch.Tensor) -> torch.memory_format:
     return None
 
 
-def channel_layout(x: torch.Tensor, groups: int):
-    """GroupNorm/InstanceNorm on [N, C, *spatial].
+def _nchw_strides(x: torch.Tensor):
+    """(x, N, C, S, sN, sC, sS, format) of [N, C, *spatial] input.
 
     NCHW and channels_last inputs are addressed through their strides, with no
     copy; any other layout is made contiguous first."""
@@ -76,12 +86,22 @@ def channel_layout(x: torch.Tensor, groups: int):
         x, fmt = x.contiguous(), torch.contiguous_format
     n, c = x.shape[0], x.shape[1]
     s = math.prod(x.shape[2:])
-    cg = c // groups
     if fmt == torch.contiguous_format:
-        s_n, s_c, s_s = c * s, s, 1
-    else:
-        s_n, s_c, s_s = c * s, 1, c
+        return x, n, c, s, c * s, s, 1, fmt
+    return x, n, c, s, c * s, 1, c, fmt
+
+
+def channel_layout(x: torch.Tensor, groups: int):
+    """GroupNorm/InstanceNorm: rows are (n, group) over C/G channels x spatial."""
+    x, n, c, s, s_n, s_c, s_s, fmt = _nchw_strides(x)
+    cg = c // groups
     return x, RowView(n, groups, cg, s, s_n, cg * s_c, s_c, s_s, fmt)
+
+
+def batch_layout(x: torch.Tensor):
+    """BatchNorm: one row per channel, over the samples (j) and spatial (s) axes."""
+    x, n, c, s, s_n, s_c, s_s, fmt = _nchw_strides(x)
+    return x, RowView(1, c, n, s, 0, s_c, s_n, s_s, fmt)
 
 
 def match_layout(t: torch.Tensor, view: RowView) -> torch.Tensor:
