@@ -44,13 +44,16 @@ def _param_index(g, j, Cg, G, W_MODE: tl.constexpr):
 
 
 @triton.jit
-def _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2, momentum,
+def _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2, mom_hi, mom_lo,
                     CUMULATIVE: tl.constexpr):
-    """running = (1 - f) * running + f * batch, with the unbiased variance."""
+    """running = (1 - f) * running + f * batch, with the unbiased variance.
+
+    Float arguments arrive as fp32, so momentum comes as hi + lo fp32 parts
+    whose sum restores it to ~48 bits for fp64 statistics."""
     if CUMULATIVE:
-        f = 1.0 / tl.load(NBT_ptr).to(tl.float32)
+        f = 1.0 / tl.load(NBT_ptr).to(mean.dtype)
     else:
-        f = momentum
+        f = (tl.zeros_like(mean) + mom_hi) + mom_lo
     var = m2 / tl.maximum(cnt - 1.0, 1.0)
     rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
     rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
@@ -83,7 +86,7 @@ def row_norm_fwd(
     RV_ptr,    # shape (G,) running_var
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, eps, momentum,
+    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, eps, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr, ACC: tl.constexpr,
@@ -138,7 +141,7 @@ def row_norm_fwd(
                     tl.store(Rstd_ptr + rs, rstd, mask=rmask)
                     if UPDATE_RUNNING:
                         _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2,
-                                        momentum, CUMULATIVE)
+                                        mom_hi, mom_lo, CUMULATIVE)
             for t in range(t0, t1):
                 offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                 BLOCK_G, BLOCK_J, BLOCK_S)

@@ -24,6 +24,12 @@ BAD_INPUT = [
     ("GN integer dtype", lambda m: m.functional.group_norm(torch.arange(12).view(2, 6), 2), None),
     ("IN integer dtype", lambda m: m.functional.instance_norm(torch.arange(12).view(2, 2, 3)), None),
     ("RMS integer dtype", lambda m: m.functional.rms_norm(torch.arange(10).view(2, 5), (5,)), None),
+    ("BN one value per channel in training", lambda m: m.BatchNorm1d(3)(torch.randn(1, 3)), nn),
+    ("BN wrong ndim", lambda m: m.BatchNorm2d(3)(torch.randn(2, 3, 4)), nn),
+    ("BN running_mean size", lambda m: m.functional.batch_norm(
+        torch.randn(2, 3, 4), torch.zeros(4), torch.ones(4), training=True), None),
+    ("BN eval without running stats", lambda m: m.functional.batch_norm(torch.randn(2, 3, 4), None, None), None),
+    ("BN integer dtype", lambda m: m.functional.batch_norm(torch.arange(12).view(2, 3, 2), None, None, training=True), None),
     ("GN weight on another device", lambda m: m.functional.group_norm(
         torch.randn(2, 4, 3), 2, torch.ones(4, device="meta")), None),
 ]
@@ -34,6 +40,7 @@ class _TorchNamespace:
     functional = F
     LayerNorm, RMSNorm, GroupNorm = nn.LayerNorm, nn.RMSNorm, nn.GroupNorm
     InstanceNorm1d, InstanceNorm2d = nn.InstanceNorm1d, nn.InstanceNorm2d
+    BatchNorm1d, BatchNorm2d = nn.BatchNorm1d, nn.BatchNorm2d
 
 
 def _raised(call, lib):
@@ -50,12 +57,13 @@ def test_bad_input_raises_torchs_exception_type(what, call, _):
     assert str(ours), "the message must say what is wrong"
 
 
-@pytest.mark.parametrize("norm", ["layer", "group", "instance", "rms"])
+@pytest.mark.parametrize("norm", ["layer", "group", "instance", "rms", "batch"])
 def test_nan_stays_in_its_row(norm, tiling, device):
     x = torch.randn(4, 6, 10, device=device)
     x[1, 2, 3] = float("nan")
     fn = {"layer": lambda t: TF.layer_norm(t, (10,)), "rms": lambda t: TF.rms_norm(t, (10,)),
-          "group": lambda t: TF.group_norm(t, 3), "instance": lambda t: TF.instance_norm(t)}[norm]
+          "group": lambda t: TF.group_norm(t, 3), "instance": lambda t: TF.instance_norm(t),
+          "batch": lambda t: TF.batch_norm(t, None, None, training=True)}[norm]
     y = fn(x)
     bad = torch.isnan(y)
     expected = torch.zeros_like(bad)
@@ -63,6 +71,8 @@ def test_nan_stays_in_its_row(norm, tiling, device):
         expected[1, 2, :] = True
     elif norm == "group":
         expected[1, 2:4, :] = True
+    elif norm == "batch":
+        expected[:, 2, :] = True  # a BatchNorm row is a channel across the batch
     else:
         expected[1, 2, :] = True
     assert torch.equal(bad, expected)
@@ -75,6 +85,7 @@ def test_nan_stays_in_its_row(norm, tiling, device):
     # torch raises IndexError on an empty batch with affine InstanceNorm; we return empty.
     (lambda lib: lib.InstanceNorm1d(4, affine=True), (0, 4, 3), False),
     (lambda lib: lib.InstanceNorm2d(4), (0, 4, 3, 3), True),
+    (lambda lib: lib.BatchNorm2d(4), (0, 4, 3, 3), True),
 ])
 def test_empty_batch_gives_empty_output_and_zero_param_grads(ctor, shape, torch_handles_it, device):
     ours = ctor(tritonnorm).to(device)
@@ -108,6 +119,7 @@ def test_cpu_tensor_without_interpreter_falls_back_to_torch(monkeypatch):
     calls = []
     monkeypatch.setattr(tritonnorm.functional, "row_norm", lambda *a, **k: calls.append(a))
     for ours, ref in [(tritonnorm.LayerNorm(5), nn.LayerNorm(5)), (tritonnorm.GroupNorm(2, 4), nn.GroupNorm(2, 4)),
+                      (tritonnorm.BatchNorm1d(4, momentum=None), nn.BatchNorm1d(4, momentum=None)),
                       (tritonnorm.InstanceNorm1d(4), nn.InstanceNorm1d(4)), (tritonnorm.RMSNorm(5), nn.RMSNorm(5))]:
         assert torch.equal(ours(x), ref(x))
     assert calls == [], "no kernel may be launched for a CPU tensor without the interpreter"

@@ -25,6 +25,14 @@ CASES = {
                                          torch.ones(3, dtype=x.dtype, device=x.device) * 2,
                                          w, b, use_input_stats=False),
         [(2, 3, 4), (3,), (3,)]),
+    "batch_norm_train": (lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True),
+                         [(3, 2, 4), (2,), (2,)]),
+    "batch_norm_1d_train": (lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True),
+                            [(5, 3), (3,), (3,)]),
+    "batch_norm_eval": (
+        lambda x, w, b: TF.batch_norm(x, torch.ones(2, dtype=x.dtype, device=x.device) * 0.5,
+                                      torch.ones(2, dtype=x.dtype, device=x.device) * 3, w, b),
+        [(3, 2, 4), (2,), (2,)]),
 }
 
 

@@ -107,3 +107,12 @@ def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int) -> int:
     target = target_programs(x)
     budget = max(target // 4, DWB_BUDGET // max(1, 2 * cw * cfg.SPLIT))
     return max(1, min(cfg.n_rb, target, budget))
+
+
+def column_sum_blocks(a: int, k: int):
+    """(BLOCK_A, BLOCK_K) for summing an [a, k] partials tensor over a: one tile
+    of the usual size, at most 32 partial rows tall (more rows are looped) and as
+    wide as the rest allows, so few programs cover a long parameter vector."""
+    tile = _overrides.get("max_tile", DEFAULT_MAX_TILE)
+    block_a = min(32, _p2(a))
+    return block_a, min(_p2(k), max(1, tile // block_a))

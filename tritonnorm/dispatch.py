@@ -1,4 +1,5 @@
 """Launch the row-norm kernels for one [N, G, Cg, S] view."""
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -54,11 +55,13 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     w = weight if weight is not None else x
     b = bias if bias is not None else x
     rm, rv, momentum, nbt = running if running is not None else (mean, mean, 0.0, mean)
+    mom_hi = float(np.float32(momentum or 0.0))
+    mom_lo = float(np.float32((momentum or 0.0) - mom_hi))
     for phase in phases:
         grid = (cfg.n_rb, 1 if phase in (0, 3) else cfg.SPLIT)
         row_norm_fwd[grid](
             x, y, w, b, mean, rstd, part, rm, rv, nbt if nbt is not None else mean,
-            *_geometry(view, cfg), 0 if fixed else view.G, eps, float(momentum or 0.0),
+            *_geometry(view, cfg), 0 if fixed else view.G, eps, mom_hi, mom_lo,
             PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
             HAS_B=bias is not None, W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None,
             CUMULATIVE=momentum is None, ACC=_tl(acc), **_blocks(cfg))
@@ -105,7 +108,6 @@ def column_sums(partials: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """Deterministic sum over axis 0 of a 2-d partials tensor."""
     a, k = partials.shape
     out = torch.empty(k, dtype=out_dtype, device=partials.device)
-    # 32 partial rows x 128 columns per step: a 4096-element tile, as in config.
-    block_k = min(128, triton.next_power_of_2(k))
-    column_sum[(triton.cdiv(k, block_k),)](partials, out, a, k, BLOCK_A=32, BLOCK_K=block_k)
+    block_a, block_k = config.column_sum_blocks(a, k)
+    column_sum[(triton.cdiv(k, block_k),)](partials, out, a, k, BLOCK_A=block_a, BLOCK_K=block_k)
     return out
