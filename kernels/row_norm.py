@@ -13,7 +13,8 @@ the constexprs below carry the rest:
   device when ``CUMULATIVE`` (momentum=None): no host sync,
 * ``PHASE``   -- 0: one program owns whole rows; 1 and 2: a row is split over
   ``SPLIT`` programs (axis 1 of the grid); phase 1 writes per-program partials
-  and phase 2 merges them and finishes the row chunk it owns; 3: the
+  and phase 2 merges ``n_part`` of them (SPLIT, or the partials of every rank
+  for SyncBatchNorm) and finishes the row chunk it owns; 3: the
   statistics are given (running statistics) and only the elementwise pass runs.
 
 Statistics of row (n, g) live at ``n * stat_sN + g``: ``stat_sN = G`` for
@@ -81,17 +82,17 @@ def row_norm_fwd(
     B_ptr,     # shape like W
     Mean_ptr,  # shape (N * G,) saved mean, fp32 (fp64 for fp64 input); (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,) saved 1 / sqrt(var + eps)
-    Part_ptr,  # shape (N * G, SPLIT, 3) Chan partials (count, mean, M2); PHASE 1/2 only
+    Part_ptr,  # shape (N * G, n_part, 3) Chan partials (count, mean, M2); PHASE 1/2 only
     RM_ptr,    # shape (G,) running_mean, updated in place when UPDATE_RUNNING
     RV_ptr,    # shape (G,) running_var
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, eps, mom_hi, mom_lo,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_SPLIT: tl.constexpr,
+    BLOCK_PART: tl.constexpr,
 ):
     """y = (x - mean) * rstd * w + b, statistics over each (n, g) row.
 
@@ -107,10 +108,10 @@ def row_norm_fwd(
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
             rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
         elif PHASE == 2:
-            # Merge the SPLIT partials of these rows with the exact parallel formula.
-            i = tl.arange(0, BLOCK_SPLIT)[None, :]
-            pm = rmask[:, None] & (i < SPLIT)
-            base = Part_ptr + (r[:, None] * SPLIT + i) * 3
+            # Merge the n_part partials of these rows with the exact parallel formula.
+            i = tl.arange(0, BLOCK_PART)[None, :]
+            pm = rmask[:, None] & (i < n_part)
+            base = Part_ptr + (r[:, None] * n_part + i) * 3
             c_i = tl.load(base, mask=pm, other=0.0).to(ACC)
             m_i = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
             q_i = tl.load(base + 2, mask=pm, other=0.0).to(ACC)
@@ -122,14 +123,18 @@ def row_norm_fwd(
             cnt = tl.zeros([BLOCK_G], ACC)
             mean = tl.zeros([BLOCK_G], ACC)
             m2 = tl.zeros([BLOCK_G], ACC)
+            # Shift by each row's first element (see tile_moments).
+            rows = (g0 + tl.arange(0, BLOCK_G)).to(tl.int64)
+            pmask = rmask & ((rows * 0 + T) > 0)  # an empty row (empty rank) has no element
+            pivot = tl.load(X_ptr + n.to(tl.int64) * sN + rows * sG, mask=pmask, other=0.0).to(ACC)
             for t in range(t0, t1):
                 offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                 BLOCK_G, BLOCK_J, BLOCK_S)
                 x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                bc, bm, bq = tile_moments(x, mask, CENTER)
+                bc, bm, bq = tile_moments(x, mask, pivot, CENTER)
                 cnt, mean, m2 = chan_merge(cnt, mean, m2, bc, bm, bq)
         if PHASE == 1:
-            base = Part_ptr + (r * SPLIT + p) * 3
+            base = Part_ptr + (r * n_part + p) * 3
             tl.store(base, cnt, mask=rmask)
             tl.store(base + 1, mean, mask=rmask)
             tl.store(base + 2, m2, mask=rmask)
@@ -163,14 +168,14 @@ def row_norm_bwd(
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,)
-    Part_ptr,  # shape (N * G, SPLIT, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
+    Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
     DWB_ptr,   # shape (nprog * SPLIT, 2, Cw) zeroed per-program partials of (dw, db)
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, stat_sN, Cw, M,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_SPLIT: tl.constexpr,
+    BLOCK_PART: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -181,7 +186,7 @@ def row_norm_bwd(
         dw[c] = sum over (n, s) of dy * xhat,   db[c] = sum of dy
 
     The two row means come from a first walk over the row (PHASE 0), from
-    SPLIT partials (PHASE 2), or are 0 when the statistics are constants
+    n_part partials (PHASE 2), or are 0 when the statistics are constants
     (PHASE 3: dx = rstd * wdy).  dw/db are accumulated per program into DWB,
     which that program alone reads and writes, and summed by a second kernel:
     no atomics, so the result is deterministic."""
@@ -199,9 +204,9 @@ def row_norm_bwd(
             a1 = tl.zeros([BLOCK_G], ACC)
             a2 = tl.zeros([BLOCK_G], ACC)
         elif PHASE == 2:
-            i = tl.arange(0, BLOCK_SPLIT)[None, :]
-            pm = rmask[:, None] & (i < SPLIT)
-            base = Part_ptr + (r[:, None] * SPLIT + i) * 2
+            i = tl.arange(0, BLOCK_PART)[None, :]
+            pm = rmask[:, None] & (i < n_part)
+            base = Part_ptr + (r[:, None] * n_part + i) * 2
             a1 = tl.sum(tl.load(base, mask=pm, other=0.0).to(ACC), axis=1)
             a2 = tl.sum(tl.load(base + 1, mask=pm, other=0.0).to(ACC), axis=1)
         else:
@@ -219,7 +224,7 @@ def row_norm_bwd(
                 a1 += sum_js(wdy * xhat)
                 a2 += sum_js(wdy)
         if PHASE == 1:
-            base = Part_ptr + (r * SPLIT + p) * 2
+            base = Part_ptr + (r * n_part + p) * 2
             tl.store(base, a1, mask=rmask)
             tl.store(base + 1, a2, mask=rmask)
         else:

@@ -64,17 +64,21 @@ def chan_merge(cnt_a, mean_a, m2_a, cnt_b, mean_b, m2_b):
 
 
 @triton.jit
-def tile_moments(x, mask, CENTER: tl.constexpr):
+def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
     """(count, mean, M2) of one tile per row, two passes over the on-chip tile.
 
+    The sums run over x - pivot (a value of the row): with |mean| >> std the
+    shifted values are small, so the mean comes out correctly rounded.
     Without CENTER (RMSNorm) the mean stays 0 and M2 is the plain sum of
     squares: no cancellation can occur, so no shift is needed."""
     maskf = mask.to(x.dtype)
     cnt = sum_js(maskf)
     if CENTER:
-        mean = sum_js(x) / tl.maximum(cnt, 1.0)
-        d = tl.where(mask, x - mean[:, None, None], 0.0)
+        xs = tl.where(mask, x - pivot[:, None, None], 0.0)
+        mean_s = sum_js(xs) / tl.maximum(cnt, 1.0)
+        d = tl.where(mask, xs - mean_s[:, None, None], 0.0)
         m2 = sum_js(d * d)
+        mean = pivot + mean_s
     else:
         mean = cnt * 0.0
         m2 = sum_js(x * x)

@@ -91,8 +91,8 @@ def row_config(view: RowView, x: torch.Tensor) -> RowConfig:
         # Few, long rows: share each row between programs so the GPU stays busy.
         split = min(MAX_SPLIT, triton.cdiv(target, max(n_rb, 1)))
     split = max(1, min(split, tiles))
-    chunk = triton.cdiv(tiles, split)
-    split = triton.cdiv(tiles, chunk)
+    chunk = max(1, triton.cdiv(tiles, split))
+    split = max(1, triton.cdiv(tiles, chunk))  # an empty row (an empty rank) walks no tile
     tile = blocks["g"] * blocks["j"] * blocks["s"]
     # About 16 elements per thread, between 1 and 8 warps.
     warps = max(1, min(8, tile // 512))

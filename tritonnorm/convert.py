@@ -5,6 +5,7 @@ from typing import List, NamedTuple
 import torch.nn as nn
 
 from . import modules as ours
+from .sync_batchnorm import SyncBatchNorm
 
 log = logging.getLogger("tritonnorm")
 
@@ -18,7 +19,9 @@ SWAPS = {
     nn.LayerNorm: ours.LayerNorm,
     nn.GroupNorm: ours.GroupNorm,
     nn.RMSNorm: ours.RMSNorm,
+    nn.SyncBatchNorm: SyncBatchNorm,
 }
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class Swap(NamedTuple):
@@ -27,18 +30,24 @@ class Swap(NamedTuple):
     after: str      # class name after, or "left alone (subclass)"
 
 
-def convert(module: nn.Module, *, return_report: bool = False):
+def convert(module: nn.Module, *, sync_batchnorm: bool = False, process_group=None,
+            return_report: bool = False):
     """Replace every torch.nn norm layer in ``module`` by its tritonnorm twin, in place.
 
     Each layer keeps its object identity, so its parameters, buffers, device,
     dtype, training flag and hooks stay exactly as they were: our classes
     subclass torch's and differ only in ``forward``, so the swap changes only
     the layer's class.  A user's own subclass of a torch norm is left alone.
+    With ``sync_batchnorm=True`` every BatchNorm*D becomes a tritonnorm
+    SyncBatchNorm over ``process_group`` instead (new modules sharing the
+    parameters and buffers, as torch's convert_sync_batchnorm makes).
     Returns ``module`` (the replacement itself when the root is a norm), or
     ``(module, report)`` with ``return_report=True``; the report is also logged.
     """
     report: List[Swap] = []
     done = set(SWAPS.values())
+    if sync_batchnorm:
+        module = _to_sync(module, process_group, report)
     for name, m in module.named_modules():
         target = SWAPS.get(type(m))
         if target is not None:
@@ -50,3 +59,23 @@ def convert(module: nn.Module, *, return_report: bool = False):
     for swap in report:
         log.info("convert: %s: %s -> %s", swap.name or "<root>", swap.before, swap.after)
     return (module, report) if return_report else module
+
+
+def _to_sync(module: nn.Module, process_group, report: List[Swap]) -> nn.Module:
+    """Every exact BatchNorm*D (torch's or ours) becomes a tritonnorm SyncBatchNorm."""
+    sync_from = BATCH_NORMS + tuple(SWAPS[t] for t in BATCH_NORMS)
+    if type(module) in sync_from:
+        report.append(Swap("", _qualname(module), "tritonnorm.SyncBatchNorm"))
+        return SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) in sync_from:
+                report.append(Swap(f"{name}.{child_name}".lstrip("."), _qualname(child),
+                                   "tritonnorm.SyncBatchNorm"))
+                parent.add_module(child_name, SyncBatchNorm.convert_sync_batchnorm(child, process_group))
+    return module
+
+
+def _qualname(m: nn.Module) -> str:
+    cls = type(m)
+    return f"{'torch.nn' if cls.__module__.startswith('torch') else 'tritonnorm'}.{cls.__name__}"

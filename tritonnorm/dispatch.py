@@ -1,4 +1,13 @@
-"""Launch the row-norm kernels for one [N, G, Cg, S] view."""
+"""Launch the row-norm kernels for one [N, G, Cg, S] view.
+
+A forward or backward is one of:
+  * PHASE 0 -- each program owns whole rows;
+  * PHASE 1 then 2 -- rows split over SPLIT programs: partials, then merge + finish;
+  * PHASE 3 -- given statistics, elementwise only.
+The partial-producing and partial-consuming halves are exposed separately
+(``*_partials`` and ``partials=``) so SyncBatchNorm can exchange partials
+between ranks in between.
+"""
 import numpy as np
 import torch
 import triton
@@ -18,85 +27,126 @@ def _tl(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _geometry(view: RowView, cfg: config.RowConfig):
+def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
     return (view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS,
-            cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT)
+            cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part)
 
 
-def _blocks(cfg: config.RowConfig):
+def _blocks(cfg: config.RowConfig, n_part: int):
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
-                BLOCK_SPLIT=triton.next_power_of_2(cfg.SPLIT), num_warps=cfg.num_warps)
+                BLOCK_PART=triton.next_power_of_2(n_part), num_warps=cfg.num_warps)
 
 
 def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype, device=x.device)
 
 
-def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
-                mean=None, rstd=None, running=None, out_dtype=None):
-    """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
-
-    With ``mean``/``rstd`` given (shape (G,), one per group, e.g. running
-    statistics) the statistics pass is skipped and those are applied.
-    ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
-    folds the batch statistics into the buffers in place; momentum None means
-    the cumulative average 1 / num_batches_tracked, read on the device."""
-    acc = acc_dtype(x)
-    cfg = config.row_config(view, x)
-    y = _empty_like_strided(x, out_dtype)
-    fixed = mean is not None
-    if not fixed:
-        mean = torch.empty(view.rows, dtype=acc, device=x.device)
-        rstd = torch.empty(view.rows, dtype=acc, device=x.device)
-    part = mean
-    if cfg.SPLIT > 1 and not fixed:
-        part = torch.empty(view.rows * cfg.SPLIT * 3, dtype=acc, device=x.device)
-    phases = [3] if fixed else ([0] if cfg.SPLIT == 1 else [1, 2])
-    w = weight if weight is not None else x
-    b = bias if bias is not None else x
-    rm, rv, momentum, nbt = running if running is not None else (mean, mean, 0.0, mean)
+def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, eps,
+         running=None, fixed=False):
+    grid = (cfg.n_rb, cfg.SPLIT if phase in (1, 2) else 1)
+    rm, rv, momentum, nbt = running if running is not None else (mean, mean, 0.0, None)
+    # Float arguments travel as fp32: momentum goes as hi + lo parts (see the kernel).
     mom_hi = float(np.float32(momentum or 0.0))
     mom_lo = float(np.float32((momentum or 0.0) - mom_hi))
-    for phase in phases:
-        grid = (cfg.n_rb, 1 if phase in (0, 3) else cfg.SPLIT)
-        row_norm_fwd[grid](
-            x, y, w, b, mean, rstd, part, rm, rv, nbt if nbt is not None else mean,
-            *_geometry(view, cfg), 0 if fixed else view.G, eps, mom_hi, mom_lo,
-            PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
-            HAS_B=bias is not None, W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None,
-            CUMULATIVE=momentum is None, ACC=_tl(acc), **_blocks(cfg))
+    row_norm_fwd[grid](
+        x, y, weight if weight is not None else x, bias if bias is not None else x,
+        mean, rstd, part, rm, rv, nbt if nbt is not None else mean,
+        *_geometry(view, cfg, n_part), 0 if fixed else view.G, eps, mom_hi, mom_lo,
+        PHASE=phase, CENTER=spec.center, HAS_W=weight is not None, HAS_B=bias is not None,
+        W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None and phase != 1,
+        CUMULATIVE=momentum is None, ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+
+
+def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
+    """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3)."""
+    cfg = config.row_config(view, x)
+    part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
+    _fwd(1, x, x, view, spec, cfg, None, None, part, part, part, cfg.SPLIT, 0.0)
+    return part
+
+
+def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
+                mean=None, rstd=None, running=None, partials=None):
+    """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
+
+    * ``mean``/``rstd`` given (shape (G,), e.g. running statistics): applied as
+      constants, no statistics pass.
+    * ``partials`` given (shape (rows, P, 3)): the statistics are their merge.
+    * ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
+      folds the batch statistics into the buffers in place; momentum None means
+      the cumulative average 1 / num_batches_tracked, read on the device."""
+    acc = acc_dtype(x)
+    cfg = config.row_config(view, x)
+    y = _empty_like_strided(x)
+    if mean is not None:
+        _fwd(3, x, y, view, spec, cfg, weight, bias, mean, rstd, mean, 1, eps, fixed=True)
+        return y, mean, rstd
+    mean = torch.empty(view.rows, dtype=acc, device=x.device)
+    rstd = torch.empty(view.rows, dtype=acc, device=x.device)
+    if partials is None and cfg.SPLIT == 1:
+        _fwd(0, x, y, view, spec, cfg, weight, bias, mean, rstd, mean, 1, eps, running)
+        return y, mean, rstd
+    if partials is None:
+        partials = forward_partials(x, view, spec)
+    _fwd(2, x, y, view, spec, cfg, weight, bias, mean, rstd, partials, partials.shape[1], eps,
+         running)
     return y, mean, rstd
 
 
+def _bwd(phase, x, dy, dx, view, spec, cfg, weight, mean, rstd, part, n_part, dwb, nprog, cw,
+         count, fixed=False):
+    grid = (nprog, cfg.SPLIT if phase in (1, 2) else 1)
+    row_norm_bwd[grid](
+        x, dy, dx, weight if weight is not None else x, mean, rstd, part,
+        dwb if dwb is not None else rstd, *_geometry(view, cfg, n_part),
+        0 if fixed else view.G, cw, count,
+        PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
+        NEED_DWB=dwb is not None and phase != 1, W_MODE=spec.w_mode,
+        ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+
+
+def _param_count(view: RowView, spec: ReductionSpec, weight) -> int:
+    if weight is not None:
+        return weight.numel()
+    return {W_BY_ELEMENT: view.Cg, W_BY_ROW: view.G}.get(spec.w_mode, view.G * view.Cg)
+
+
+def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
+    """Per-program (sum w*dy*xhat, sum w*dy) of every row: shape (rows, SPLIT, 2)."""
+    cfg = config.row_config(view, x)
+    nprog = config.backward_programs(cfg, x, _param_count(view, spec, weight))
+    part = torch.empty(view.rows, cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
+    _bwd(1, x, dy, x, view, spec, cfg, weight, mean, rstd, part, cfg.SPLIT, None, nprog, 1, 1.0)
+    return part
+
+
 def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
-                 need_dw: bool, need_db: bool, fixed: bool = False):
+                 need_dw: bool, need_db: bool, fixed: bool = False, partials=None,
+                 count: float = None):
     """Gradients (dx, dw, db) of row_forward; dw/db are None unless asked for.
 
     ``fixed`` marks statistics that are constants (running statistics): then
-    dx = w * dy * rstd."""
-    acc = acc_dtype(x)
+    dx = w * dy * rstd.  ``partials`` (rows, P, 2) replaces the local row sums,
+    which are then divided by ``count`` (default: the row length)."""
     cfg = config.row_config(view, x)
-    cw = weight.numel() if weight is not None else {
-        W_BY_ELEMENT: view.Cg, W_BY_ROW: view.G}.get(spec.w_mode, view.G * view.Cg)
+    cw = _param_count(view, spec, weight)
     nprog = config.backward_programs(cfg, x, cw)
-    need_dwb = need_dw or need_db
     dx = _empty_like_strided(x)
-    dwb = (torch.zeros(nprog * cfg.SPLIT * 2 * cw, dtype=acc, device=x.device)
-           if need_dwb else rstd)
-    phases = [3] if fixed else ([0] if cfg.SPLIT == 1 else [1, 2])
-    part = rstd
-    if phases == [1, 2]:
-        part = torch.empty(view.rows * cfg.SPLIT * 2, dtype=acc, device=x.device)
-    w = weight if weight is not None else x
-    for phase in phases:
-        grid = (nprog, 1 if phase in (0, 3) else cfg.SPLIT)
-        row_norm_bwd[grid](
-            x, dy, dx, w, mean, rstd, part, dwb, *_geometry(view, cfg),
-            0 if fixed else view.G, cw, float(view.Cg * view.S),
-            PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
-            NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode, ACC=_tl(acc), **_blocks(cfg))
+    dwb = None
+    if need_dw or need_db:
+        dwb = torch.zeros(nprog * cfg.SPLIT * 2 * cw, dtype=acc_dtype(x), device=x.device)
+    count = float(view.Cg * view.S) if count is None else count
+    if fixed:
+        _bwd(3, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count, True)
+    elif partials is None and cfg.SPLIT == 1:
+        _bwd(0, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count)
+    else:
+        if partials is None:
+            partials = backward_partials(x, dy, view, spec, weight, mean, rstd)
+        _bwd(2, x, dy, dx, view, spec, cfg, weight, mean, rstd, partials, partials.shape[1], dwb,
+             nprog, cw, count)
     dw = db = None
-    if need_dwb:
+    if dwb is not None:
         pdtype = weight.dtype if weight is not None else x.dtype
         sums = column_sums(dwb.view(nprog * cfg.SPLIT, 2 * cw), pdtype)
         dw = sums[:cw] if need_dw else None
