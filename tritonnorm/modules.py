@@ -64,10 +64,11 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     forward = _instance_forward
 
 
-def _batch_forward(self, input: Tensor) -> Tensor:
-    """torch's _BatchNorm.forward, calling tritonnorm's batch_norm.  With
-    momentum=None the cumulative-average factor is read on the device."""
-    self._check_input_dim(input)
+def batch_step(self):
+    """torch's _BatchNorm bookkeeping for one forward: counts the batch and
+    returns (momentum, num_batches_tracked or None, use batch stats, running_mean,
+    running_var).  With momentum=None, momentum comes back None with the
+    counter, so the kernel forms 1 / num_batches_tracked on the device."""
     momentum = 0.0 if self.momentum is None else self.momentum
     tracked = None
     if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -76,9 +77,16 @@ def _batch_forward(self, input: Tensor) -> Tensor:
             momentum, tracked = None, self.num_batches_tracked
     bn_training = self.training or (self.running_mean is None and self.running_var is None)
     use_buffers = not self.training or self.track_running_stats
-    return TF.batch_norm_tracked(
-        input, self.running_mean if use_buffers else None, self.running_var if use_buffers else None,
-        self.weight, self.bias, bn_training, momentum, self.eps, tracked)
+    return (momentum, tracked, bn_training, self.running_mean if use_buffers else None,
+            self.running_var if use_buffers else None)
+
+
+def _batch_forward(self, input: Tensor) -> Tensor:
+    """torch's _BatchNorm.forward, calling tritonnorm's batch_norm."""
+    self._check_input_dim(input)
+    momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
+    return TF.batch_norm_tracked(input, running_mean, running_var, self.weight, self.bias,
+                                 bn_training, momentum, self.eps, tracked)
 
 
 class BatchNorm1d(nn.BatchNorm1d):

@@ -22,6 +22,7 @@ from torch import Tensor
 from . import functional as TF
 from ._runtime import use_triton
 from .dispatch import acc_dtype, backward_partials, forward_partials, row_backward, row_forward
+from .modules import batch_step
 from .spec import BATCH, batch_layout, match_layout
 
 
@@ -87,16 +88,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        tracked = None
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum, tracked = None, self.num_batches_tracked
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_buffers = not self.training or self.track_running_stats
-        running_mean = self.running_mean if use_buffers else None
-        running_var = self.running_var if use_buffers else None
+        momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
         group = None
         if bn_training and self.training:
             if not (dist.is_available() and dist.is_initialized()):
