@@ -8,8 +8,8 @@ the constexprs below carry the rest:
 * ``W_MODE``  -- how the affine parameters are indexed: 0 by channel
   ``g * Cg + j`` (GroupNorm/InstanceNorm), 1 by element ``j`` (LayerNorm/RMSNorm),
   2 by row ``g`` (BatchNorm, whose rows are channels),
-* ``UPDATE_RUNNING`` -- fold the batch statistics into running_mean/var in
-  place (BatchNorm), with momentum, or 1 / num_batches_tracked read on the
+* ``UPDATE_RUNNING`` -- fold the batch statistics into running_mean/var
+  (BatchNorm), in place or into new tensors, with momentum, or 1 / num_batches_tracked read on the
   device when ``CUMULATIVE`` (momentum=None): no host sync,
 * ``PHASE``   -- 0: one program owns whole rows; 1 and 2: a row is split over
   ``SPLIT`` programs (axis 1 of the grid); phase 1 writes per-program partials
@@ -45,8 +45,8 @@ def _param_index(g, j, Cg, G, W_MODE: tl.constexpr):
 
 
 @triton.jit
-def _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2, mom_hi, mom_lo,
-                    CUMULATIVE: tl.constexpr):
+def _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask, mean, cnt, m2,
+                    mom_hi, mom_lo, CUMULATIVE: tl.constexpr):
     """running = (1 - f) * running + f * batch, with the unbiased variance.
 
     Float arguments arrive as fp32, so momentum comes as hi + lo fp32 parts
@@ -58,8 +58,8 @@ def _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2, mom_hi, m
     var = m2 / tl.maximum(cnt - 1.0, 1.0)
     rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
     rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
-    tl.store(RM_ptr + rs, f * mean + (1.0 - f) * rm, mask=rmask)
-    tl.store(RV_ptr + rs, f * var + (1.0 - f) * rv, mask=rmask)
+    tl.store(RMo_ptr + rs, f * mean + (1.0 - f) * rm, mask=rmask)
+    tl.store(RVo_ptr + rs, f * var + (1.0 - f) * rv, mask=rmask)
 
 
 @triton.jit
@@ -83,8 +83,10 @@ def row_norm_fwd(
     Mean_ptr,  # shape (N * G,) saved mean, fp32 (fp64 for fp64 input); (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,) saved 1 / sqrt(var + eps)
     Part_ptr,  # shape (N * G, n_part, 3) Chan partials (count, mean, M2); PHASE 1/2 only
-    RM_ptr,    # shape (G,) running_mean, updated in place when UPDATE_RUNNING
-    RV_ptr,    # shape (G,) running_var
+    RM_ptr,    # shape (G,) running_mean read when UPDATE_RUNNING
+    RV_ptr,    # shape (G,) running_var read when UPDATE_RUNNING
+    RMo_ptr,   # shape (G,) updated running_mean (RM_ptr itself for an in-place update)
+    RVo_ptr,   # shape (G,) updated running_var
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps, mom_hi, mom_lo,
@@ -145,8 +147,8 @@ def row_norm_fwd(
                     tl.store(Mean_ptr + rs, mean, mask=rmask)
                     tl.store(Rstd_ptr + rs, rstd, mask=rmask)
                     if UPDATE_RUNNING:
-                        _update_running(RM_ptr, RV_ptr, NBT_ptr, rs, rmask, mean, cnt, m2,
-                                        mom_hi, mom_lo, CUMULATIVE)
+                        _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask,
+                                        mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)
             for t in range(t0, t1):
                 offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                 BLOCK_G, BLOCK_J, BLOCK_S)

@@ -44,13 +44,14 @@ def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:
 def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, eps,
          running=None, fixed=False):
     grid = (cfg.n_rb, cfg.SPLIT if phase in (1, 2) else 1)
-    rm, rv, momentum, nbt = running if running is not None else (mean, mean, 0.0, None)
+    rm, rv, momentum, nbt = running[:4] if running is not None else (mean, mean, 0.0, None)
+    rm_out, rv_out = running[4:] if running is not None and len(running) > 4 else (rm, rv)
     # Float arguments travel as fp32: momentum goes as hi + lo parts (see the kernel).
     mom_hi = float(np.float32(momentum or 0.0))
     mom_lo = float(np.float32((momentum or 0.0) - mom_hi))
     row_norm_fwd[grid](
         x, y, weight if weight is not None else x, bias if bias is not None else x,
-        mean, rstd, part, rm, rv, nbt if nbt is not None else mean,
+        mean, rstd, part, rm, rv, rm_out, rv_out, nbt if nbt is not None else mean,
         *_geometry(view, cfg, n_part), 0 if fixed else view.G, eps, mom_hi, mom_lo,
         PHASE=phase, CENTER=spec.center, HAS_W=weight is not None, HAS_B=bias is not None,
         W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None and phase != 1,
@@ -72,9 +73,10 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     * ``mean``/``rstd`` given (shape (G,), e.g. running statistics): applied as
       constants, no statistics pass.
     * ``partials`` given (shape (rows, P, 3)): the statistics are their merge.
-    * ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
-      folds the batch statistics into the buffers in place; momentum None means
-      the cumulative average 1 / num_batches_tracked, read on the device."""
+    * ``running`` = (running_mean, running_var, momentum, num_batches_tracked
+      [, new_running_mean, new_running_var]) folds the batch statistics into the
+      running statistics, in place or into the two new tensors; momentum None
+      means the cumulative average 1 / num_batches_tracked, read on the device."""
     acc = acc_dtype(x)
     cfg = config.row_config(view, x)
     y = _empty_like_strided(x)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._runtime import use_triton
-from .autograd import row_norm
+from .ops import row_norm
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
 
 __all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]

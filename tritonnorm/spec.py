@@ -18,7 +18,7 @@ walks the samples (stride sN), so few rows of N*S elements each -- exactly
 what the split reduction (PHASE 1/2) spreads over many programs.
 """
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -27,8 +27,7 @@ import torch
 W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class ReductionSpec:
+class ReductionSpec(NamedTuple):
     name: str
     center: bool    # subtract the mean (False for RMSNorm)
     w_mode: int     # W_BY_CHANNEL, W_BY_ELEMENT or W_BY_ROW
@@ -41,8 +40,7 @@ INSTANCE = ReductionSpec("instance_norm", center=True, w_mode=W_BY_CHANNEL)
 BATCH = ReductionSpec("batch_norm", center=True, w_mode=W_BY_ROW)
 
 
-@dataclass(frozen=True)
-class RowView:
+class RowView(NamedTuple):
     """Sizes and element strides of the [N, G, Cg, S] view of one tensor."""
     N: int
     G: int

@@ -1,0 +1,121 @@
+"""torch.library ops around the row-norm kernels, so torch.compile sees them.
+
+``tritonnorm::norm_fwd`` and ``tritonnorm::norm_bwd`` are custom ops with fake
+(meta) implementations; autograd is registered on norm_fwd, whose backward calls
+norm_bwd.  Both are functional: torch allows autograd only on ops that mutate
+nothing, so norm_fwd returns the updated running statistics (computed in the
+same kernel) and ``row_norm`` copies them into the buffers -- an in-place
+buffer update that torch.compile traces like BatchNorm's own.  Specs and views
+travel as plain ints: spec index, memory-format index and the view's 8 numbers.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .dispatch import acc_dtype, row_backward, row_forward
+from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RowView, match_layout
+
+SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH]
+FORMATS = [torch.contiguous_format, torch.channels_last, torch.channels_last_3d]
+
+
+def _view(geom: List[int], fmt: int) -> RowView:
+    return RowView(*geom, FORMATS[fmt])
+
+
+@torch.library.custom_op("tritonnorm::norm_fwd", mutates_args=())
+def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: List[int],
+             fmt: int, spec: int, eps: float, stat_mean: Optional[Tensor],
+             stat_rstd: Optional[Tensor], running_mean: Optional[Tensor],
+             running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
+             momentum: Optional[float]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, rstd, new_running_mean, new_running_var).  mean/rstd are empty
+    when stat_mean/stat_rstd are given; the new running stats are empty unless
+    running_mean/running_var are."""
+    running = None
+    new_rm, new_rv = x.new_empty(0), x.new_empty(0)
+    if running_mean is not None:
+        new_rm, new_rv = torch.empty_like(running_mean), torch.empty_like(running_var)
+        running = (running_mean, running_var, momentum, num_batches_tracked, new_rm, new_rv)
+    y, mean, rstd = row_forward(x, _view(geom, fmt), SPECS[spec], weight, bias, eps,
+                                stat_mean, stat_rstd, running)
+    if stat_mean is not None:
+        mean = x.new_empty(0, dtype=acc_dtype(x))
+        rstd = x.new_empty(0, dtype=acc_dtype(x))
+    return y, mean, rstd, new_rm, new_rv
+
+
+@norm_fwd.register_fake
+def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_rstd, running_mean, running_var,
+      num_batches_tracked, momentum):
+    rows = 0 if stat_mean is not None else geom[0] * geom[1]
+    y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    stats = [x.new_empty(rows, dtype=acc_dtype(x)) for _ in range(2)]
+    if running_mean is None:
+        return y, *stats, x.new_empty(0), x.new_empty(0)
+    return y, *stats, torch.empty_like(running_mean), torch.empty_like(running_var)
+
+
+@torch.library.custom_op("tritonnorm::norm_bwd", mutates_args=())
+def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+             geom: List[int], fmt: int, spec: int, fixed: bool, need_dw: bool,
+             need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db); dw/db are empty when not asked for."""
+    dx, dw, db = row_backward(x, dy, _view(geom, fmt), SPECS[spec], weight, mean, rstd,
+                              need_dw, need_db, fixed)
+    # dw and db are two halves of one sums buffer: outputs may not share storage.
+    return dx, x.new_empty(0) if dw is None else dw, x.new_empty(0) if db is None else db.clone()
+
+
+@norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db):
+    dx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    pdtype = weight.dtype if weight is not None else x.dtype
+    cw = weight.numel() if weight is not None else 0
+    dw = x.new_empty(cw if need_dw else 0, dtype=pdtype)
+    db = x.new_empty(cw if need_db else 0, dtype=pdtype)
+    return dx, dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, geom, fmt, spec, _, stat_mean, stat_rstd = inputs[:9]
+    _, mean, rstd, _, _ = output
+    ctx.mark_non_differentiable(*output[1:])
+    fixed = stat_mean is not None
+    ctx.save_for_backward(x, weight, stat_mean if fixed else mean, stat_rstd if fixed else rstd)
+    ctx.geom, ctx.fmt, ctx.spec, ctx.fixed = geom, fmt, spec, fixed
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _backward(ctx, dy, *_):
+    x, weight, mean, rstd = ctx.saved_tensors
+    need_dw = ctx.has_weight and ctx.needs_input_grad[1]
+    need_db = ctx.has_bias and ctx.needs_input_grad[2]
+    dy = match_layout(dy, _view(ctx.geom, ctx.fmt))
+    dx, dw, db = norm_bwd(dy, x, weight, mean, rstd, ctx.geom, ctx.fmt, ctx.spec, ctx.fixed,
+                          need_dw, need_db)
+    return (dx if ctx.needs_input_grad[0] else None, dw if need_dw else None,
+            db if need_db else None) + (None,) * 10
+
+
+norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None):
+    """Apply the row norm through the custom ops; returns (y, mean, rstd).
+
+    ``stats`` (mean, rstd) are constants to apply (running statistics in eval);
+    ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
+    are updated with the batch statistics (momentum None: cumulative average)."""
+    geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
+    stat_mean, stat_rstd = stats if stats is not None else (None, None)
+    rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
+    y, mean, rstd, new_rm, new_rv = norm_fwd(
+        x, weight, bias, geom, FORMATS.index(view.memory_format), SPECS.index(spec), float(eps),
+        stat_mean, stat_rstd, rm, rv, nbt, None if momentum is None else float(momentum))
+    if rm is not None:
+        with torch.no_grad():
+            rm.copy_(new_rm)
+            rv.copy_(new_rv)
+    return y, mean, rstd
