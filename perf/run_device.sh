@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 python3 -m tritonnorm check 2>&1 | tee "$OUT/check.txt"
 check=${PIPESTATUS[0]}
-timeout 420 python3 -m pytest -q -x --durations=15 2>&1 | tee "$OUT/pytest.txt" | tail -40
+timeout 420 python3 -m pytest -q -x -n 4 --durations=15 2>&1 | tee "$OUT/pytest.txt" | tail -40
 tests=${PIPESTATUS[0]}
 echo "check exit $check, pytest exit $tests" | tee -a "$OUT/env.txt"
 [ "$check" = 0 ] && [ "$tests" = 0 ]

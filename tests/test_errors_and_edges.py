@@ -28,6 +28,7 @@ BAD_INPUT = [
     ("BN wrong ndim", lambda m: m.BatchNorm2d(3)(torch.randn(2, 3, 4)), nn),
     ("BN running_mean size", lambda m: m.functional.batch_norm(
         torch.randn(2, 3, 4), torch.zeros(4), torch.ones(4), training=True), None),
+    ("BN 1-d input", lambda m: m.functional.batch_norm(torch.randn(4), torch.zeros(4), torch.ones(4), training=True), None),
     ("BN eval without running stats", lambda m: m.functional.batch_norm(torch.randn(2, 3, 4), None, None), None),
     ("BN integer dtype", lambda m: m.functional.batch_norm(torch.arange(12).view(2, 3, 2), None, None, training=True), None),
     ("GN weight on another device", lambda m: m.functional.group_norm(
