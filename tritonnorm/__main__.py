@@ -1,4 +1,4 @@
-"""Command line: ``tritonnorm check`` (also ``python -m tritonnorm check``)."""
+"""Command line: ``tritonnorm check`` and ``tritonnorm tune`` (also ``python -m tritonnorm ...``)."""
 import argparse
 import os
 import sys
@@ -21,7 +21,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tritonnorm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="run every norm forward and backward here and compare with torch")
+    tune = sub.add_parser("tune", help="tune launch configs on this GPU and save them")
+    tune.add_argument("--quick", action="store_true", help="one shape per norm")
+    tune.add_argument("--norm", action="append", choices=["layer", "rms", "group", "instance", "batch"],
+                      help="norms to tune (repeatable; default: all)")
+    tune.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
+                      help="dtypes to tune (repeatable; default: all)")
     args = parser.parse_args(argv)
+    if args.command == "tune":
+        from .tune import DTYPES, GRID, tune as run_tune
+        return run_tune(args.norm or list(GRID), [DTYPES[d] for d in args.dtype or DTYPES],
+                        args.quick)
     if args.command == "check":
         _interpreter_without_gpu(argv)
         from .check import run_check

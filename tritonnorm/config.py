@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ._runtime import target_programs
+from . import tables
+from ._runtime import INTERPRET, target_programs
 from .spec import RowView
 
 # Elements in one [BLOCK_G, BLOCK_J, BLOCK_S] tile.  4096 fp32 accumulators over
@@ -59,9 +60,35 @@ def _p2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def row_config(view: RowView, x: torch.Tensor) -> RowConfig:
-    max_tile = _overrides.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE))
+# What `tritonnorm tune` sweeps: tile budget, warps, and a multiplier of the
+# program target that decides how finely few long rows are split.  Pruned to at
+# least 4 elements per thread: fewer leaves lanes idle on every tile.
+TUNE_SPACE = [dict(max_tile=t, num_warps=w, split_scale=s)
+              for t in (1024, 2048, 4096, 8192) for w in (2, 4, 8) for s in (1, 4)
+              if t // (32 * w) >= 4]
+
+
+def bucket_key(view: RowView, x: torch.Tensor, spec_name: str, pass_: str) -> str:
+    """Tuning bucket: norm, pass, dtype, layout and power-of-two row length and
+    row count -- never raw sizes, which would multiply the tunings."""
+    layout = "nc" if view.memory_format == torch.contiguous_format else "cl"
+    return (f"{spec_name}/{pass_}/{str(x.dtype).replace('torch.', '')}/{layout}"
+            f"/L{_p2(view.Cg * view.S)}/R{_p2(view.rows)}")
+
+
+def _tuned(view: RowView, x: torch.Tensor, spec_name, pass_) -> dict:
+    """The tuned entry for this launch; none under the interpreter (one config)."""
+    if spec_name is None or x.device.type != "cuda" or INTERPRET or _overrides:
+        return {}
+    return tables.device_table(torch.cuda.get_device_name(x.device)).get(
+        bucket_key(view, x, spec_name, pass_), {})
+
+
+def row_config(view: RowView, x: torch.Tensor, spec_name: str = None, pass_: str = "fwd") -> RowConfig:
+    tuned = _tuned(view, x, spec_name, pass_)
+    max_tile = _overrides.get("max_tile", tuned.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE)))
     target = _overrides.get("programs", target_programs(x))
+    target *= _overrides.get("split_scale", tuned.get("split_scale", 1))
     sizes = {"g": view.G, "j": view.Cg, "s": view.S}
     strides = {"g": view.sG, "j": view.sJ, "s": view.sS}
     # Fill the tile along the fastest-moving axis first so that consecutive lanes
@@ -95,7 +122,7 @@ def row_config(view: RowView, x: torch.Tensor) -> RowConfig:
     split = max(1, triton.cdiv(tiles, chunk))  # an empty row (an empty rank) walks no tile
     tile = blocks["g"] * blocks["j"] * blocks["s"]
     # About 16 elements per thread, between 1 and 8 warps.
-    warps = max(1, min(8, tile // 512))
+    warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(8, tile // 512))))
     return RowConfig(blocks["g"], blocks["j"], blocks["s"], split, chunk, n_rb, n_gb, n_sb, tiles, warps)
 
 

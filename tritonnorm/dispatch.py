@@ -60,7 +60,7 @@ def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, e
 
 def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
     """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3)."""
-    cfg = config.row_config(view, x)
+    cfg = config.row_config(view, x, spec.name, "fwd")
     part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
     _fwd(1, x, x, view, spec, cfg, None, None, part, part, part, cfg.SPLIT, 0.0)
     return part
@@ -78,7 +78,7 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
       running statistics, in place or into the two new tensors; momentum None
       means the cumulative average 1 / num_batches_tracked, read on the device."""
     acc = acc_dtype(x)
-    cfg = config.row_config(view, x)
+    cfg = config.row_config(view, x, spec.name, "fwd")
     y = _empty_like_strided(x)
     if mean is not None:
         _fwd(3, x, y, view, spec, cfg, weight, bias, mean, rstd, mean, 1, eps, fixed=True)
@@ -115,7 +115,7 @@ def _param_count(view: RowView, spec: ReductionSpec, weight) -> int:
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
     """Per-program (sum w*dy*xhat, sum w*dy) of every row: shape (rows, SPLIT, 2)."""
-    cfg = config.row_config(view, x)
+    cfg = config.row_config(view, x, spec.name, "bwd")
     nprog = config.backward_programs(cfg, x, _param_count(view, spec, weight))
     part = torch.empty(view.rows, cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
     _bwd(1, x, dy, x, view, spec, cfg, weight, mean, rstd, part, cfg.SPLIT, None, nprog, 1, 1.0)
@@ -130,7 +130,7 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     ``fixed`` marks statistics that are constants (running statistics): then
     dx = w * dy * rstd.  ``partials`` (rows, P, 2) replaces the local row sums,
     which are then divided by ``count`` (default: the row length)."""
-    cfg = config.row_config(view, x)
+    cfg = config.row_config(view, x, spec.name, "bwd")
     cw = _param_count(view, spec, weight)
     nprog = config.backward_programs(cfg, x, cw)
     dx = _empty_like_strided(x)
