@@ -27,7 +27,19 @@ def main(argv=None) -> int:
                       help="norms to tune (repeatable; default: all)")
     tune.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
                       help="dtypes to tune (repeatable; default: all)")
+    bench = sub.add_parser("bench", help="throughput against torch eager, torch.compile and copy")
+    bench.add_argument("--quick", action="store_true", help="two shapes per norm")
+    bench.add_argument("--norm", action="append", choices=["batch", "group", "instance", "layer", "rms"])
+    bench.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
+    bench.add_argument("--out", default="perf/out", help="output directory (CSV, PNG)")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        _interpreter_without_gpu(argv)
+        import torch
+        from .bench import SWEEP, run_bench
+        run_bench(args.norm or list(SWEEP), [getattr(torch, d) for d in args.dtype or ["float32", "bfloat16"]],
+                  args.quick, args.out)
+        return 0
     if args.command == "tune":
         from .tune import DTYPES, GRID, tune as run_tune
         return run_tune(args.norm or list(GRID), [DTYPES[d] for d in args.dtype or DTYPES],
