@@ -47,7 +47,9 @@ def test_dispatch_uses_the_tuned_entry_for_its_bucket(monkeypatch):
     key = config.bucket_key(view, x, GROUP.name, "fwd")
     assert key == "group_norm/fwd/float32/nc/L128/R64"
     monkeypatch.setattr(config, "_tuned", lambda *a: {"max_tile": 64, "num_warps": 2, "split_scale": 1})
+    config.clear_cache()
     cfg = config.row_config(view, x, GROUP.name, "fwd")
+    config.clear_cache()
     assert cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S <= 64 and cfg.num_warps == 2
 
 

@@ -84,7 +84,28 @@ def _tuned(view: RowView, x: torch.Tensor, spec_name, pass_) -> dict:
         bucket_key(view, x, spec_name, pass_), {})
 
 
+_CONFIGS: dict = {}
+
+
 def row_config(view: RowView, x: torch.Tensor, spec_name: str = None, pass_: str = "fwd") -> RowConfig:
+    """The launch config of one pass, memoised: it is a pure function of the view,
+    dtype, device, norm, pass and overrides, and is asked for several times per
+    step (partials, merge, backward), so the host work is done once per shape."""
+    key = (view, x.dtype, x.device, spec_name, pass_, tuple(sorted(_overrides.items())))
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) > 4096:  # a bound for shape-churning workloads
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = _row_config(view, x, spec_name, pass_)
+    return cfg
+
+
+def clear_cache() -> None:
+    """Forget memoised configs (after a new tuning table is written)."""
+    _CONFIGS.clear()
+
+
+def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     tuned = _tuned(view, x, spec_name, pass_)
     max_tile = _overrides.get("max_tile", tuned.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE)))
     target = _overrides.get("programs", target_programs(x))

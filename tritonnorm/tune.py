@@ -80,6 +80,7 @@ def tune(norms, dtypes, quick=False) -> int:
         print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(cases)} {key:<48}", end="", file=sys.stderr)
     print(file=sys.stderr)
     path = tables.write_table(device, entries)
+    config.clear_cache()
     print(f"{'bucket':<52}{'max_tile':>9}{'warps':>6}{'split':>6}{'GB/s':>9}")
     for key, cand, gbps in rows:
         print(f"{key:<52}{cand['max_tile']:>9}{cand['num_warps']:>6}{cand['split_scale']:>6}{gbps:>9.1f}")
