@@ -9,6 +9,26 @@ import torch
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _interpreter_scalar_index() -> None:
+    """triton 3.6's interpreter turns a scalar into a Python int with ``int(array)``,
+    which numpy >= 2.4 refuses for its shape-(1,) scalars, so ``range(pid, n, nprog)``
+    in a kernel fails there.  Later triton squeezes first; do the same on 3.6."""
+    from triton.runtime import interpreter
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "_squeezes", False):
+        return
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+    patched._squeezes = True
+    interpreter._patch_lang_tensor = patched
+
+
+if INTERPRET:
+    _interpreter_scalar_index()
+
+
 def use_triton(x: torch.Tensor) -> bool:
     """True when ``x`` lives where our kernels run; otherwise callers fall back to torch."""
     if x.device.type == "cuda":
