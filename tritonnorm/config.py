@@ -32,7 +32,8 @@ _overrides: dict = {}
 
 @contextlib.contextmanager
 def override(**kw):
-    """Force ``max_tile``, ``split`` or ``programs`` inside a ``with`` block."""
+    """Force ``max_tile``, ``split``, ``programs``, ``num_warps``, ``num_stages`` or
+    ``split_scale`` inside a ``with`` block."""
     old = dict(_overrides)
     _overrides.update(kw)
     try:
@@ -54,17 +55,19 @@ class RowConfig:
     nSB: int
     T: int          # tiles per row
     num_warps: int
+    num_stages: int = 3   # software-pipelining depth of the tile loops (triton's default)
 
 
 def _p2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-# What `tritonnorm tune` sweeps: tile budget, warps, and a multiplier of the
-# program target that decides how finely few long rows are split.  Pruned to at
-# least 4 elements per thread: fewer leaves lanes idle on every tile.
-TUNE_SPACE = [dict(max_tile=t, num_warps=w, split_scale=s)
-              for t in (1024, 2048, 4096, 8192) for w in (2, 4, 8) for s in (1, 4)
+# What `tritonnorm tune` sweeps: tile budget, warps, pipelining depth of the tile
+# loops, and a multiplier of the program target that decides how finely few long
+# rows are split (so also how many rows a program walks).  Pruned to at least 4
+# elements per thread: fewer leaves lanes idle on every tile.
+TUNE_SPACE = [dict(max_tile=t, num_warps=w, num_stages=st, split_scale=s)
+              for t in (1024, 2048, 4096, 8192) for w in (2, 4, 8) for st in (1, 3) for s in (1, 4)
               if t // (32 * w) >= 4]
 
 
@@ -144,7 +147,9 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     tile = blocks["g"] * blocks["j"] * blocks["s"]
     # About 16 elements per thread, between 1 and 8 warps.
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(8, tile // 512))))
-    return RowConfig(blocks["g"], blocks["j"], blocks["s"], split, chunk, n_rb, n_gb, n_sb, tiles, warps)
+    stages = _overrides.get("num_stages", tuned.get("num_stages", 3))
+    return RowConfig(blocks["g"], blocks["j"], blocks["s"], split, chunk, n_rb, n_gb, n_sb, tiles,
+                     warps, stages)
 
 
 def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int) -> int:

@@ -34,7 +34,8 @@ def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
 
 def _blocks(cfg: config.RowConfig, n_part: int):
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
-                BLOCK_PART=triton.next_power_of_2(n_part), num_warps=cfg.num_warps)
+                BLOCK_PART=triton.next_power_of_2(n_part), num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
 
 
 def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:

@@ -81,8 +81,9 @@ def tune(norms, dtypes, quick=False) -> int:
     print(file=sys.stderr)
     path = tables.write_table(device, entries)
     config.clear_cache()
-    print(f"{'bucket':<52}{'max_tile':>9}{'warps':>6}{'split':>6}{'GB/s':>9}")
+    print(f"{'bucket':<52}{'max_tile':>9}{'warps':>6}{'stages':>7}{'split':>6}{'GB/s':>9}")
     for key, cand, gbps in rows:
-        print(f"{key:<52}{cand['max_tile']:>9}{cand['num_warps']:>6}{cand['split_scale']:>6}{gbps:>9.1f}")
+        print(f"{key:<52}{cand['max_tile']:>9}{cand['num_warps']:>6}{cand['num_stages']:>7}"
+              f"{cand['split_scale']:>6}{gbps:>9.1f}")
     print(f"wrote {path}")
     return 0
