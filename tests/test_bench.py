@@ -1,21 +1,53 @@
-"""`tritonnorm bench` on the CPU: a tiny sweep writes the CSV and the plots."""
+"""`tritonnorm bench` on the CPU: a tiny sweep and a tiny model run write their CSVs,
+plots and tables; the report computes speedups the way it says."""
 import csv
 
 import torch
 
 from tritonnorm.bench import COLUMNS, run_bench
+from tritonnorm.bench_models import COLUMNS as MODEL_COLUMNS, run_models
+from tritonnorm.bench_report import summary
+
+
+def _read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def test_quick_sweep_writes_csv_with_expected_columns_and_png(tmp_path, capsys):
-    path = run_bench(["layer", "group"], [torch.float32], quick=True, out_dir=tmp_path)
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    path = run_bench(["layer", "group", "syncbatch"], [torch.float32], quick=True, out_dir=tmp_path)
+    rows = _read(path)
     assert list(rows[0]) == COLUMNS
     assert {r["provider"] for r in rows} >= {"tritonnorm", "torch"}
+    assert {r["norm"] for r in rows} == {"layer", "group", "syncbatch"}
     assert {r["pass"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
     assert {r["layout"] for r in rows if r["norm"] == "group"} == {"nchw", "nhwc"}
-    assert all(float(r["gbps"]) > 0 and float(r["ms_median"]) > 0 for r in rows)
-    assert (tmp_path / "layer_fwd.png").stat().st_size > 0
-    assert (tmp_path / "group_fwd_bwd.png").stat().st_size > 0
+    assert all(float(r["gbps"]) > 0 and float(r["ms_median"]) > 0 and float(r["copy_gbps"]) > 0
+               for r in rows)
+    for png in ("layer_fwd.png", "group_fwd_bwd.png", "syncbatch_bwd.png"):
+        assert (tmp_path / png).stat().st_size > 0
+    assert (tmp_path / "summary.md").read_text().startswith("| norm | pass | vs torch")
     if not torch.cuda.is_available():
         assert "NOT GPU numbers" in capsys.readouterr().out
+
+
+def test_model_bench_times_a_training_step_per_provider(tmp_path):
+    rows = _read(run_models([torch.float32], tmp_path, names=["unet"]))
+    assert list(rows[0]) == MODEL_COLUMNS
+    assert {r["provider"] for r in rows} >= {"torch", "tritonnorm"}
+    assert all(float(r["ms_median"]) > 0 for r in rows)
+    assert "| unet |" in (tmp_path / "models.md").read_text()
+
+
+def test_summary_reports_geomean_speedup_against_each_reference():
+    def row(provider, shape, ms):
+        return dict(norm="layer", pass_="fwd", shape=shape, dtype="float32", layout="nchw",
+                    provider=provider, ms_median=str(ms), pct_of_copy="50")
+    rows = [row("tritonnorm", "8x8", 1.0), row("torch", "8x8", 2.0),
+            row("tritonnorm", "4x4", 1.0), row("torch", "4x4", 8.0),
+            row("torch.compile", "8x8", 0.5)]
+    for r in rows:
+        r["pass"] = r.pop("pass_")
+    table = summary(rows).splitlines()
+    assert table[0] == "| norm | pass | vs torch | vs torch.compile | % of copy |"
+    assert table[2] == "| layer | fwd | 4.00x | 0.50x | 50% |"   # sqrt(2 * 8) = 4

@@ -29,16 +29,25 @@ def main(argv=None) -> int:
                       help="dtypes to tune (repeatable; default: all)")
     bench = sub.add_parser("bench", help="throughput against torch eager, torch.compile and copy")
     bench.add_argument("--quick", action="store_true", help="two shapes per norm")
-    bench.add_argument("--norm", action="append", choices=["batch", "group", "instance", "layer", "rms"])
+    bench.add_argument("--norm", action="append",
+                       choices=["batch", "syncbatch", "group", "instance", "layer", "rms"],
+                       help="norms to sweep (repeatable; default: all)")
     bench.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
     bench.add_argument("--out", default="perf/out", help="output directory (CSV, PNG)")
+    bench.add_argument("--suite", choices=["sweep", "models", "all"], default="sweep",
+                       help="per-norm throughput sweep, model training steps, or both")
+    bench.add_argument("--budget-s", type=float, help="stop starting new sweep cases after this")
     args = parser.parse_args(argv)
     if args.command == "bench":
         _interpreter_without_gpu(argv)
         import torch
         from .bench import SWEEP, run_bench
-        run_bench(args.norm or list(SWEEP), [getattr(torch, d) for d in args.dtype or ["float32", "bfloat16"]],
-                  args.quick, args.out)
+        from .bench_models import run_models
+        dtypes = [getattr(torch, d) for d in args.dtype or ["float32", "bfloat16"]]
+        if args.suite in ("sweep", "all"):
+            run_bench(args.norm or list(SWEEP), dtypes, args.quick, args.out, args.budget_s)
+        if args.suite in ("models", "all"):
+            run_models(dtypes, args.out)
         return 0
     if args.command == "tune":
         from .tune import DTYPES, GRID, tune as run_tune

@@ -1,18 +1,20 @@
-"""`tritonnorm bench`: throughput of every norm against torch eager, torch.compile
-and the device-to-device copy roofline.
+"""`tritonnorm bench`: throughput of every norm against torch eager, torch.compile,
+apex (where importable) and the device-to-device copy roofline.
 
 GB/s counts the minimal bytes a pass must move, per element of x (E bytes each):
   forward   read x, write y                      2 E
   backward  read x and dy, write dx              3 E
   fwd+bwd   the sum                              5 E
-(parameters and statistics are O(C) and left out).  The roofline is a timed
+The same counts hold for every norm: parameters, their gradients and the
+statistics are O(C) or O(rows) and left out.  The roofline is a timed
 device-to-device copy of the same tensor (2 E per element), measured in the
-same run.  Without a GPU the sweep is tiny, runs under Triton's interpreter,
-and its numbers are CPU numbers, not GPU numbers.
+same run.  Backward timings ask for the gradients of x and of every parameter.
+Without a GPU the sweep is tiny, runs under Triton's interpreter, and its
+numbers are CPU numbers, not GPU numbers.
 """
+import contextlib
 import csv
 import datetime
-import math
 import statistics
 import sys
 import time
@@ -24,29 +26,40 @@ import triton
 
 import tritonnorm
 
+from .bench_report import plot, summary
+
 BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
+
+
+def _syncbn(lib, s):
+    return lib.SyncBatchNorm(s[1])
+
+
 # norm -> (layer factory per library, shapes from real models, layouts)
 SWEEP = {
-    "batch": (lambda lib, s: lib.BatchNorm2d(s[1]),                    # ResNet-50
-              [(64, 64, 112, 112), (64, 256, 56, 56), (64, 512, 28, 28), (64, 2048, 7, 7)], ["nchw", "nhwc"]),
-    "group": (lambda lib, s: lib.GroupNorm(min(32, s[1]), s[1]),        # UNet / VAE: 32 groups
-              [(1, 512, 64, 64), (1, 128, 512, 512), (8, 320, 64, 64)], ["nchw", "nhwc"]),
-    "instance": (lambda lib, s: lib.InstanceNorm2d(s[1], affine=True),  # style transfer
-                 [(4, 64, 256, 256), (4, 128, 128, 128)], ["nchw"]),
-    "layer": (lambda lib, s: lib.LayerNorm(s[-1]),                     # ViT / LLM
-              [(8192, 768), (4096, 4096), (2048, 8192), (1024, 16384)], ["nchw"]),
+    "batch": (lambda lib, s: getattr(lib, f"BatchNorm{len(s) - 2}d")(s[1]),      # ResNet-50
+              [(64, 64, 112, 112), (64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14),
+               (64, 2048, 7, 7)], ["nchw", "nhwc"]),
+    "syncbatch": (_syncbn, [(64, 256, 56, 56), (64, 1024, 14, 14)], ["nchw", "nhwc"]),  # world 1
+    "group": (lambda lib, s: lib.GroupNorm(min(32, s[1]), s[1]),                # UNet / VAE
+              [(1, 512, 64, 64), (8, 320, 64, 64), (1, 128, 512, 512)], ["nchw", "nhwc"]),
+    "instance": (lambda lib, s: lib.InstanceNorm2d(s[1], affine=True),          # style transfer
+                 [(4, 64, 256, 256), (4, 128, 128, 128), (4, 256, 64, 64)], ["nchw", "nhwc"]),
+    "layer": (lambda lib, s: lib.LayerNorm(s[-1]),                             # ViT / LLM
+              [(8192, 768), (8192, 1024), (4096, 4096), (2048, 8192), (1024, 16384)], ["nchw"]),
     "rms": (lambda lib, s: lib.RMSNorm(s[-1]),
             [(8192, 768), (4096, 4096), (2048, 8192), (1024, 16384)], ["nchw"]),
 }
-TINY = {"batch": [(2, 4, 8, 8)], "group": [(2, 32, 8, 8)], "instance": [(2, 4, 8, 8)],
-        "layer": [(16, 64)], "rms": [(16, 64)]}
+TINY = {"batch": [(2, 4, 8, 8)], "syncbatch": [(2, 4, 8, 8)], "group": [(2, 32, 8, 8)],
+        "instance": [(2, 4, 8, 8)], "layer": [(16, 64)], "rms": [(16, 64)]}
 COLUMNS = ["gpu", "torch", "triton", "timestamp", "provider", "norm", "pass", "shape", "dtype",
-           "layout", "ms_median", "ms_q20", "ms_q80", "gbps", "pct_of_copy"]
+           "layout", "ms_median", "ms_q20", "ms_q80", "gbps", "pct_of_copy", "copy_gbps"]
 
 
 def _timer(on_gpu: bool):
+    """fn -> (median, q20, q80) in ms: do_bench on a GPU, a few wall-clock runs here."""
     if on_gpu:
-        return lambda fn: triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+        return lambda fn: tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
 
     def cpu(fn, reps=3):
         fn()
@@ -60,31 +73,121 @@ def _timer(on_gpu: bool):
     return cpu
 
 
+def _apex_layer(norm, shape):
+    """apex's fused layer for this norm, or None where apex has none (or is absent)."""
+    try:
+        import apex.normalization as apex_norm
+    except ImportError:
+        return None
+    if norm == "layer":
+        return apex_norm.FusedLayerNorm(shape[-1])
+    if norm == "rms" and hasattr(apex_norm, "FusedRMSNorm"):
+        return apex_norm.FusedRMSNorm(shape[-1])
+    return None
+
+
 def _providers(on_gpu: bool):
-    out = {"tritonnorm": lambda m: m, "torch": lambda m: m}
+    """name -> (norm, shape) -> layer or None."""
+    def ours(norm, shape):
+        return SWEEP[norm][0](tritonnorm, shape)
+
+    def eager(norm, shape):
+        if norm == "syncbatch" and not on_gpu:
+            return None  # torch's SyncBatchNorm refuses CPU tensors in training
+        return SWEEP[norm][0](nn, shape)
+
+    out = {"tritonnorm": ours, "torch": eager}
     if on_gpu:
-        out["torch.compile"] = lambda m: torch.compile(m)
-        try:
-            import apex.normalization  # noqa: F401  (measured where importable)
-        except ImportError:
-            pass
+        # A fresh Dynamo cache per layer: every shape recompiles the same forward,
+        # and past the recompile limit Dynamo would quietly fall back to eager.
+        def compiled(norm, shape):
+            torch._dynamo.reset()
+            return torch.compile(eager(norm, shape))
+        out["torch.compile"] = compiled
+        if _apex_layer("layer", (1, 8)) is not None:
+            out["apex"] = _apex_layer
     return out
 
 
-def _pass_fn(layer, x, pass_):
-    if pass_ == "fwd":
-        def fwd():
-            with torch.no_grad():
-                layer(x)
-        return fwd
+def _pass_fns(layer, x):
+    """pass -> a callable that runs it once."""
+    leaves = [x] + [p for p in layer.parameters() if p.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            layer(x)
     y = layer(x)
     dy = torch.randn_like(y)
-    if pass_ == "bwd":
-        return lambda: torch.autograd.grad(y, x, dy, retain_graph=True)
-    return lambda: torch.autograd.grad(layer(x), x, dy)
+    return {"fwd": fwd,
+            "bwd": lambda: torch.autograd.grad(y, leaves, dy, retain_graph=True),
+            "fwd+bwd": lambda: torch.autograd.grad(layer(x), leaves, dy)}
 
 
-def run_bench(norms, dtypes, quick=False, out_dir="perf/out") -> Path:
+@contextlib.contextmanager
+def world_of_one(device: str):
+    """SyncBatchNorm needs a process group: a single-rank one, in memory, torn
+    down again unless the caller already had one."""
+    import torch.distributed as dist
+    mine = not dist.is_initialized()
+    if mine:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                                store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        if mine:
+            dist.destroy_process_group()
+
+
+def _jobs(norms, dtypes, quick, on_gpu):
+    """(norm, shape, dtype, layout), ordered by shape rank first, so a sweep cut
+    short by its time budget still covers every norm."""
+    out = []
+    for norm in norms:
+        shapes = TINY[norm] if not on_gpu else SWEEP[norm][1][:2 if quick else None]
+        out += [(i, norm, s, d, lay) for i, s in enumerate(shapes) for d in dtypes
+                for lay in SWEEP[norm][2]]
+    return [j[1:] for j in sorted(out, key=lambda j: j[0])]
+
+
+def _measure(jobs, providers, timer, meta, device, budget_s):
+    rows, start = [], time.perf_counter()
+    for i, (norm, shape, dtype, layout) in enumerate(jobs):
+        if budget_s is not None and time.perf_counter() - start > budget_s:
+            print(f"\ntime budget of {budget_s:.0f} s spent: {len(jobs) - i} of {len(jobs)} "
+                  "cases not measured", file=sys.stderr)
+            break
+        x = torch.randn(shape, device=device, dtype=dtype)
+        if layout == "nhwc":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        copy_ms = timer(lambda: x.detach().clone(memory_format=torch.preserve_format))[0]
+        copy_gbps = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+        for name, make in providers.items():
+            try:
+                layer = make(norm, shape)
+                if layer is None:
+                    continue
+                timed = {p: timer(fn) for p, fn in _pass_fns(layer.to(device, dtype), x).items()}
+            except Exception as e:  # one provider failing must not end the sweep
+                print(f"\n{name} {norm} {shape} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            for pass_, (ms, lo, hi) in timed.items():
+                gbps = BYTES_PER_ELEMENT[pass_] * x.numel() * x.element_size() / ms / 1e6
+                rows.append(dict(meta, provider=name, norm=norm, **{"pass": pass_},
+                                 shape="x".join(map(str, shape)),
+                                 dtype=str(dtype).replace("torch.", ""), layout=layout,
+                                 ms_median=f"{ms:.5f}", ms_q20=f"{lo:.5f}", ms_q80=f"{hi:.5f}",
+                                 gbps=f"{gbps:.4g}", pct_of_copy=f"{100 * gbps / copy_gbps:.4g}",
+                                 copy_gbps=f"{copy_gbps:.4g}"))
+        done = (i + 1) * 30 // len(jobs)
+        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs)} {norm} "
+              f"{'x'.join(map(str, shape))} {str(dtype)[6:]} {layout}    ", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    return rows
+
+
+def run_bench(norms, dtypes, quick=False, out_dir="perf/out", budget_s=None) -> Path:
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     where = torch.cuda.get_device_name() if on_gpu else "CPU (Triton interpreter)"
@@ -94,79 +197,19 @@ def run_bench(norms, dtypes, quick=False, out_dir="perf/out") -> Path:
     timer, providers = _timer(on_gpu), _providers(on_gpu)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(gpu=where, torch=torch.__version__, triton=triton.__version__, timestamp=stamp)
-    jobs = [(n, s, d, lay, p) for n in norms for s in ((TINY[n] if not on_gpu else SWEEP[n][1][:2 if quick else None]))
-            for d in dtypes for lay in SWEEP[n][2] for p in BYTES_PER_ELEMENT]
-    rows = []
-    for i, (norm, shape, dtype, layout, pass_) in enumerate(jobs):
-        x = torch.randn(shape, device=device, dtype=dtype)
-        if layout == "nhwc":
-            x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_()
-        moved = BYTES_PER_ELEMENT[pass_] * x.numel() * x.element_size()
-        copy_ms = timer(lambda: x.detach().clone())[0]
-        copy_gbps = 2 * x.numel() * x.element_size() / copy_ms / 1e6
-        for name, wrap in providers.items():
-            lib = tritonnorm if name == "tritonnorm" else nn
-            layer = wrap(SWEEP[norm][0](lib, shape).to(device, dtype))
-            ms, lo, hi = timer(_pass_fn(layer, x, pass_))
-            gbps = moved / ms / 1e6
-            rows.append(dict(meta, provider=name, norm=norm, **{"pass": pass_},
-                             shape="x".join(map(str, shape)), dtype=str(dtype).replace("torch.", ""),
-                             layout=layout, ms_median=f"{ms:.5f}", ms_q20=f"{lo:.5f}", ms_q80=f"{hi:.5f}",
-                             gbps=f"{gbps:.4g}", pct_of_copy=f"{100 * gbps / copy_gbps:.4g}",
-                             copy_gbps=copy_gbps))
-        done = (i + 1) * 30 // len(jobs)
-        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs)}", end="", file=sys.stderr)
-    print(file=sys.stderr)
+    jobs = _jobs(norms, dtypes, quick, on_gpu)
+    with world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
+        rows = _measure(jobs, providers, timer, meta, device, budget_s)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench.csv"
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    _plot(rows, out)
-    _summary(rows)
+    plot(rows, out)
+    text = summary(rows)
+    print(text)
+    (out / "summary.md").write_text(text + "\n")
     print(f"wrote {path}")
     return path
-
-
-def _plot(rows, out: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib)")
-        return
-    for key in sorted({(r["norm"], r["pass"]) for r in rows}):
-        sel = [r for r in rows if (r["norm"], r["pass"]) == key]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for prov in dict.fromkeys(r["provider"] for r in sel):
-            pts = [r for r in sel if r["provider"] == prov]
-            ax.plot(range(len(pts)), [float(r["gbps"]) for r in pts], marker="o", label=prov)
-        ref = [r for r in sel if r["provider"] == sel[0]["provider"]]
-        ax.plot(range(len(ref)), [r["copy_gbps"] for r in ref], "k--", label="copy roofline")
-        ax.set_xticks(range(len(ref)), [f"{r['shape']}\n{r['dtype']} {r['layout']}" for r in ref], fontsize=6)
-        ax.set_ylabel("GB/s (minimal bytes)")
-        ax.set_title(f"{key[0]} {key[1]} on {sel[0]['gpu']}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"{key[0]}_{key[1].replace('+', '_')}.png", dpi=110)
-        plt.close(fig)
-
-
-def _summary(rows) -> None:
-    """Speedup of tritonnorm against each other provider, per norm, with geomeans."""
-    by = {}
-    for r in rows:
-        by[(r["norm"], r["pass"], r["shape"], r["dtype"], r["layout"], r["provider"])] = float(r["ms_median"])
-    others = sorted({r["provider"] for r in rows} - {"tritonnorm"})
-    print(f"{'norm':<10}" + "".join(f"{'vs ' + o:>18}" for o in others))
-    for norm in dict.fromkeys(r["norm"] for r in rows):
-        cells = []
-        for o in others:
-            ratios = [by[k[:5] + (o,)] / t for k, t in by.items()
-                      if k[0] == norm and k[5] == "tritonnorm" and k[:5] + (o,) in by]
-            cells.append(math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else float("nan"))
-        print(f"{norm:<10}" + "".join(f"{c:>17.2f}x" for c in cells))
