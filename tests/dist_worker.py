@@ -48,27 +48,30 @@ def sync_vs_batchnorm(rank, world):
 
 
 def count_collectives(rank, world):
-    """Collectives in one training forward, its backward, and one eval forward."""
+    """Collectives in one training forward, its backward, and one eval forward;
+    and the host syncs of all three (momentum=None: the counts stay on the device)."""
     import torch.distributed as dist
 
     import tritonnorm
+    from host_sync import host_syncs
     names = ["all_gather_into_tensor", "all_gather", "all_reduce", "reduce_scatter_tensor",
              "broadcast", "reduce", "all_to_all_single", "barrier"]
     calls = []
     for name in names:
         real = getattr(dist, name)
         setattr(dist, name, lambda *a, _n=name, _f=real, **k: (calls.append(_n), _f(*a, **k))[1])
-    m = tritonnorm.SyncBatchNorm(3)
+    m = tritonnorm.SyncBatchNorm(3, momentum=None)
     x, dy = (_slice(t, SPLITS[world]["uneven"], rank) for t in global_batch(0))
-    y = m(x.requires_grad_())
-    forward = list(calls)
-    calls.clear()
-    y.backward(dy)
-    backward = list(calls)
-    calls.clear()
-    m.eval()
-    m(x)
-    return dict(forward=forward, backward=backward, eval=list(calls))
+    with host_syncs() as syncs:
+        y = m(x.requires_grad_())
+        forward = list(calls)
+        calls.clear()
+        y.backward(dy)
+        backward = list(calls)
+        calls.clear()
+        m.eval()
+        m(x)
+    return dict(forward=forward, backward=backward, eval=list(calls), syncs=syncs)
 
 
 def subgroup(rank, world):

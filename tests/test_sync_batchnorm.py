@@ -81,9 +81,10 @@ def test_sync_batchnorm_matches_batchnorm_on_the_full_batch(world, tmp_path):
                     assert int(g["nbt"]) == step + 1
 
 
-def test_one_collective_forward_one_backward_none_in_eval(tmp_path):
+def test_one_collective_forward_one_backward_none_in_eval_and_no_host_sync(tmp_path):
     for counts in spawn("count_collectives", 2, tmp_path):
-        assert counts == dict(forward=["all_gather_into_tensor"], backward=["all_reduce"], eval=[])
+        assert counts == dict(forward=["all_gather_into_tensor"], backward=["all_reduce"], eval=[],
+                              syncs=[])
 
 
 def test_process_group_subgroup(tmp_path):
