@@ -1,0 +1,222 @@
+"""Compile every kernel specialisation tritonnorm launches for a GPU target, without a GPU.
+
+Triton's interpreter runs the kernels as Python, so code that is green on the CPU
+can still fail to lower for a real GPU.  This script closes that gap where no GPU
+is at hand:
+
+1. *record* -- under the interpreter, drive every norm (forward, backward, eval,
+   split and looped tilings, every dtype and layout) with the kernels replaced by a
+   recorder that notes each launch's argument types, constexprs and num_warps and
+   runs nothing.  Launch configs are computed as on a 132-SM GPU.
+2. *compile* -- in a fresh process without the interpreter, build each distinct
+   specialisation with ``triton.compile`` for ``cuda:<arch>`` (ptxas ships with
+   triton, so PTX and cubin are produced without a driver).
+
+Usage:  python perf/compile_check.py [--arch 90] [--jobs 2] [--quick] [--norm N ...]
+Exit status 0 when every specialisation compiles.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+PTR_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16",
+             "torch.float64": "fp64", "torch.int64": "i64", "torch.int32": "i32"}
+
+
+def _describe(fn, args, kwargs):
+    """One launch as JSON: name -> [kind, value] for every argument."""
+    import torch
+    bound = dict(zip(fn.arg_names, args))
+    bound.update(kwargs)
+    annotations = getattr(fn.fn, "__annotations__", {})
+    out = {}
+    for name, v in bound.items():
+        if name in LAUNCH_OPTIONS:
+            out[name] = ["launch", v]
+        elif "constexpr" in str(annotations.get(name, "")) and not hasattr(v, "primitive_bitwidth"):
+            out[name] = ["const", v]
+        elif isinstance(v, torch.Tensor):
+            out[name] = ["ptr", PTR_TYPES[str(v.dtype)]]
+        elif isinstance(v, bool) or v is None:
+            out[name] = ["const", v]
+        elif isinstance(v, int):  # only the width matters to the compiled code
+            out[name] = ["int", "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"]
+        elif isinstance(v, float):
+            out[name] = ["float", "fp32"]
+        else:  # a tl.dtype constexpr such as ACC
+            out[name] = ["dtype", str(v)]
+    return out
+
+
+def _drive(quick: bool, norms=None) -> None:
+    """Run the norms once each way; the recorder sees every launch."""
+    import torch
+    import tritonnorm
+    from tritonnorm import config
+    shapes = {
+        "layer": [(8, 768), (4, 16384), (3, 100)],
+        "rms": [(8, 768), (4, 16384)],
+        "group": [(2, 32, 15, 15), (1, 512, 64, 64), (1, 128, 512, 512)],
+        "instance": [(2, 5, 19, 17), (4, 64, 256, 256)],
+        "batch": [(4, 16, 13, 11), (64, 256, 56, 56), (33, 10), (2, 3, 4, 5, 6)],
+    }
+    make = {
+        "layer": lambda s, aff: tritonnorm.LayerNorm(s[-1], elementwise_affine=aff),
+        "rms": lambda s, aff: tritonnorm.RMSNorm(s[-1], elementwise_affine=aff),
+        "group": lambda s, aff: tritonnorm.GroupNorm(min(32, s[1]), s[1], affine=aff),
+        "instance": lambda s, aff: getattr(tritonnorm, f"InstanceNorm{len(s) - 2}d")(
+            s[1], affine=aff, track_running_stats=aff),
+        "batch": lambda s, aff: getattr(tritonnorm, f"BatchNorm{max(1, len(s) - 2)}d")(
+            s[1], affine=aff, momentum=0.1 if aff else None),
+    }
+    dtypes = [torch.float32, torch.bfloat16] if quick else \
+        [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+    tilings = [{}] if quick else [{}, {"max_tile": 256}, {"split": 4}]
+    for norm, sizes in shapes.items():
+        if norms and norm not in norms:
+            continue
+        for shape in sizes[:2] if quick else sizes:
+            for dtype in dtypes:
+                for cl in ([False, True] if len(shape) == 4 and norm in ("group", "instance", "batch")
+                           else [False]):
+                    for aff in (True, False):
+                        for tiling in tilings:
+                            m = make[norm](shape, aff).to(dtype)
+                            x = torch.empty(shape, dtype=dtype)
+                            if cl:
+                                x = x.contiguous(memory_format=torch.channels_last)
+                            x.requires_grad_()
+                            with config.override(**tiling):
+                                config.clear_cache()
+                                y = m(x)
+                                y.backward(torch.empty_like(y))
+                                if norm in ("batch", "instance") and aff:
+                                    m.eval()
+                                    m(x).backward(torch.empty_like(y))
+
+
+def record(path: str, quick: bool, sms: int, norms=None) -> int:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton.runtime.interpreter as interp
+    from tritonnorm import _runtime, config
+    seen = {}
+
+    def run(self, *args, grid, warmup, **kwargs):
+        desc = _describe(self, args, kwargs)
+        seen[json.dumps([self.fn.__name__, desc], sort_keys=True)] = 1
+        # Nothing is executed: outputs stay uninitialised, which no host code reads.
+
+    interp.InterpretedFunction.run = run
+    # Launch configs as on a GPU with `sms` SMs (four programs per SM).
+    config.target_programs = _runtime.target_programs = lambda x: 4 * sms
+    _drive(quick, norms)
+    with open(path, "w") as f:
+        json.dump([json.loads(k) for k in seen], f)
+    return len(seen)
+
+
+# Shared memory per block (bytes) by compute capability: a kernel above it would
+# compile and then fail at launch with OutOfResources.
+MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+
+
+def _resources(cubin: bytes) -> dict:
+    """REG, STACK, SHARED, LOCAL of the kernel, from the cuobjdump triton ships."""
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    line = next((ln for ln in text.splitlines() if "REG:" in ln), "")
+    return {k: int(v) for k, v in (kv.split(":") for kv in line.split()[:4])} if line else {}
+
+
+def _compile_one(item, arch: int):
+    """Compile one recorded launch; returns (name, error or None, seconds, resources)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    import tritonnorm.kernels as K
+    name, desc = item
+    fn = getattr(K, name)
+    signature, constexprs = {}, {}
+    launch = {k: v[1] for k, v in desc.items() if v[0] == "launch"}
+    for arg in fn.arg_names:
+        kind, value = desc.get(arg, ["const", None])
+        param = fn.params[fn.arg_names.index(arg)]
+        if param.is_constexpr or kind in ("const", "dtype"):
+            signature[arg] = "constexpr"
+            constexprs[arg] = triton.language.dtype(value) if kind == "dtype" else value
+        elif kind == "ptr":
+            signature[arg] = "*" + value
+        else:
+            signature[arg] = value
+    target = GPUTarget("cuda", arch, 32)
+    options = make_backend(target).parse_options(launch)
+    t0 = time.perf_counter()
+    try:
+        k = triton.compile(ASTSource(fn, signature, constexprs), target=target, options=options.__dict__)
+    except Exception as e:  # report every failure, not just the first
+        return name, f"{type(e).__name__}: {str(e)[-2000:]}", time.perf_counter() - t0, {}
+    secs, res = time.perf_counter() - t0, _resources(k.asm["cubin"])
+    res["SHARED"] = max(res.get("SHARED", 0), k.metadata.shared)
+    if res["SHARED"] > MAX_SHARED.get(arch, 1 << 30):
+        return name, f"needs {res['SHARED']} B of shared memory, sm_{arch} has {MAX_SHARED[arch]}", secs, res
+    return name, None, secs, res
+
+
+def compile_all(path: str, arch: int, jobs: int) -> int:
+    with open(path) as f:
+        items = [tuple(i) for i in json.load(f)]
+    failures, spills, regs = 0, 0, 0
+    with ProcessPoolExecutor(jobs) as pool:
+        for (name, err, secs, res), (_, desc) in zip(
+                pool.map(_compile_one, items, [arch] * len(items)), items):
+            flags = {k: v[1] for k, v in desc.items() if v[0] in ("const", "dtype", "launch")}
+            spilled = res.get("LOCAL", 0) > 0 or res.get("STACK", 0) > 0
+            print(f"{'FAIL' if err else 'SPILL' if spilled else 'ok':<6}{name:<14}{secs:6.1f}s  "
+                  f"{' '.join(f'{k}:{v}' for k, v in res.items()):<36}{flags}")
+            if err:
+                failures += 1
+                print(err)
+            spills += spilled
+            regs = max(regs, res.get("REG", 0))
+    print(f"{len(items) - failures}/{len(items)} specialisations compile for sm_{arch}; "
+          f"{spills} use local memory (register spills); at most {regs} registers a thread")
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 80, 90")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--sms", type=int, default=132, help="SM count the launch configs assume")
+    p.add_argument("--quick", action="store_true", help="fp32/bf16, default tiling only")
+    p.add_argument("--norm", action="append", choices=["layer", "rms", "group", "instance", "batch"],
+                   help="norms to drive (repeatable; default: all)")
+    p.add_argument("--record-only", metavar="PATH", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.record_only:
+        print(f"recorded {record(a.record_only, a.quick, a.sms, a.norm)} distinct launches")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "launches.json")
+        # The recorder needs the interpreter, the compiler must not have it: two processes.
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        args = [sys.executable, __file__, "--record-only", path, "--sms", str(a.sms)]
+        args += ["--quick"] if a.quick else []
+        args += [f"--norm={n}" for n in a.norm or []]
+        subprocess.run(args, env=env, check=True)
+        os.environ.pop("TRITON_INTERPRET", None)
+        return compile_all(path, a.arch, a.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
