@@ -15,7 +15,8 @@ def _read(path):
 
 
 def test_quick_sweep_writes_csv_with_expected_columns_and_png(tmp_path, capsys):
-    path = run_bench(["layer", "group", "syncbatch"], [torch.float32], quick=True, out_dir=tmp_path)
+    path = run_bench(["layer", "group", "syncbatch"], [torch.float32], quick=True, out_dir=tmp_path,
+                     tiny=True)
     rows = _read(path)
     assert list(rows[0]) == COLUMNS
     assert {r["provider"] for r in rows} >= {"tritonnorm", "torch"}
@@ -32,7 +33,7 @@ def test_quick_sweep_writes_csv_with_expected_columns_and_png(tmp_path, capsys):
 
 
 def test_model_bench_times_a_training_step_per_provider(tmp_path):
-    rows = _read(run_models([torch.float32], tmp_path, names=["unet"]))
+    rows = _read(run_models([torch.float32], tmp_path, names=["unet"], tiny=True))
     assert list(rows[0]) == MODEL_COLUMNS
     assert {r["provider"] for r in rows} >= {"torch", "tritonnorm"}
     assert all(float(r["ms_median"]) > 0 for r in rows)

@@ -100,8 +100,10 @@ def _train_step(model: nn.Module, x: torch.Tensor):
     return step
 
 
-def run_models(dtypes, out_dir="perf/out", names=None) -> Path:
+def run_models(dtypes, out_dir="perf/out", names=None, tiny=None) -> Path:
+    """Time a training step of each model; ``tiny`` (default: no GPU) takes the tiny ones."""
     on_gpu = torch.cuda.is_available()
+    tiny = not on_gpu if tiny is None else tiny
     device = "cuda" if on_gpu else "cpu"
     where = torch.cuda.get_device_name() if on_gpu else "CPU (Triton interpreter)"
     if not on_gpu:
@@ -112,11 +114,11 @@ def run_models(dtypes, out_dir="perf/out", names=None) -> Path:
     meta = dict(gpu=where, torch=torch.__version__, triton=triton.__version__, timestamp=stamp)
     rows = []
     for name in names or MODELS:
-        big, big_in, tiny, tiny_in = MODELS[name]
-        shape = big_in if on_gpu else tiny_in
+        big, big_in, tiny_model, tiny_in = MODELS[name]
+        shape = tiny_in if tiny else big_in
         for dtype in dtypes:
             torch.manual_seed(0)
-            model = (big if on_gpu else tiny)().to(device, dtype)
+            model = (tiny_model if tiny else big)().to(device, dtype)
             x = torch.randn(shape, device=device, dtype=dtype)
             base = None
             for provider, m in _variants(model, on_gpu).items():
