@@ -150,7 +150,14 @@ def _jobs(norms, dtypes, quick, tiny):
     return [j[1:] for j in sorted(out, key=lambda j: j[0])]
 
 
-def _measure(jobs, providers, timer, meta, device, budget_s):
+def _write_csv(rows, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _measure(jobs, providers, timer, meta, device, budget_s, path):
     rows, start = [], time.perf_counter()
     for i, (norm, shape, dtype, layout) in enumerate(jobs):
         if budget_s is not None and i and time.perf_counter() - start > budget_s:
@@ -180,6 +187,7 @@ def _measure(jobs, providers, timer, meta, device, budget_s):
                                  ms_median=f"{ms:.5f}", ms_q20=f"{lo:.5f}", ms_q80=f"{hi:.5f}",
                                  gbps=f"{gbps:.4g}", pct_of_copy=f"{100 * gbps / copy_gbps:.4g}",
                                  copy_gbps=f"{copy_gbps:.4g}"))
+        _write_csv(rows, path)  # after each case: a run cut off from outside keeps its rows
         done = (i + 1) * 30 // len(jobs)
         print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs)} {norm} "
               f"{'x'.join(map(str, shape))} {str(dtype)[6:]} {layout}    ", end="", file=sys.stderr)
@@ -199,15 +207,12 @@ def run_bench(norms, dtypes, quick=False, out_dir="perf/out", budget_s=None, tin
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(gpu=where, torch=torch.__version__, triton=triton.__version__, timestamp=stamp)
     jobs = _jobs(norms, dtypes, quick, not on_gpu if tiny is None else tiny)
-    with world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
-        rows = _measure(jobs, providers, timer, meta, device, budget_s)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    with world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
+        rows = _measure(jobs, providers, timer, meta, device, budget_s, path)
+    _write_csv(rows, path)
     plot(rows, out)
     text = summary(rows)
     print(text)

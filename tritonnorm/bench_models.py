@@ -134,17 +134,19 @@ def run_models(dtypes, out_dir="perf/out", names=None, tiny=None) -> Path:
                                  ms_median=f"{ms:.4f}", ms_q20=f"{lo:.4f}", ms_q80=f"{hi:.4f}",
                                  speedup_vs_torch=f"{base / ms:.3f}" if base else ""))
                 print(f"{name:<8}{str(dtype)[6:]:<10}{provider:<20}{ms:10.3f} ms")
-    out = Path(out_dir)
+            path = _write(rows, Path(out_dir))  # after each model: a cut-off run keeps its rows
+    print(models_table(rows))
+    return path
+
+
+def _write(rows, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "models.csv"
-    with open(path, "w", newline="") as f:
+    with open(out / "models.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    text = models_table(rows)
-    print(text)
-    (out / "models.md").write_text(text + "\n")
-    return path
+    (out / "models.md").write_text(models_table(rows) + "\n")
+    return out / "models.csv"
 
 
 def models_table(rows) -> str:
