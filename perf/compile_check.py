@@ -6,11 +6,14 @@ is at hand:
 
 1. *record* -- under the interpreter, drive every norm (forward, backward, eval,
    split and looped tilings, every dtype and layout) with the kernels replaced by a
-   recorder that notes each launch's argument types, constexprs and num_warps and
-   runs nothing.  Launch configs are computed as on a 132-SM GPU.
+   recorder that notes each launch's argument types (specialised as the JIT does:
+   unit strides become constants, multiples of 16 carry a divisibility hint),
+   constexprs, num_warps and num_stages, and runs nothing.  Launch configs are
+   computed as on a 132-SM GPU.
 2. *compile* -- in a fresh process without the interpreter, build each distinct
    specialisation with ``triton.compile`` for ``cuda:<arch>`` (ptxas ships with
-   triton, so PTX and cubin are produced without a driver).
+   triton, so PTX and cubin are produced without a driver), then read its
+   registers, stack and shared memory with the cuobjdump triton ships.
 
 Usage:  python perf/compile_check.py [--arch 90] [--jobs 2] [--quick] [--norm N ...]
 Exit status 0 when every specialisation compiles.
@@ -25,13 +28,17 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
-PTR_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16",
-             "torch.float64": "fp64", "torch.int64": "i64", "torch.int32": "i32"}
 
 
 def _describe(fn, args, kwargs):
-    """One launch as JSON: name -> [kind, value] for every argument."""
-    import torch
+    """One launch as JSON: name -> [kind, value(, hint)] for every argument.
+
+    Runtime arguments are typed by triton's own specialiser, as the JIT does at a
+    launch: an int equal to 1 becomes the constant 1 (a unit stride then lets the
+    compiler see contiguity and vectorise), and ints and pointers divisible by 16
+    carry that hint."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
     bound = dict(zip(fn.arg_names, args))
     bound.update(kwargs)
     annotations = getattr(fn.fn, "__annotations__", {})
@@ -41,16 +48,11 @@ def _describe(fn, args, kwargs):
             out[name] = ["launch", v]
         elif "constexpr" in str(annotations.get(name, "")) and not hasattr(v, "primitive_bitwidth"):
             out[name] = ["const", v]
-        elif isinstance(v, torch.Tensor):
-            out[name] = ["ptr", PTR_TYPES[str(v.dtype)]]
-        elif isinstance(v, bool) or v is None:
-            out[name] = ["const", v]
-        elif isinstance(v, int):  # only the width matters to the compiled code
-            out[name] = ["int", "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"]
-        elif isinstance(v, float):
-            out[name] = ["float", "fp32"]
-        else:  # a tl.dtype constexpr such as ACC
+        elif hasattr(v, "primitive_bitwidth"):  # a tl.dtype constexpr such as ACC
             out[name] = ["dtype", str(v)]
+        else:  # floats are not specialised on their value (nor is the JIT)
+            ty, hint = native_specialize_impl(BaseBackend, v, False, not isinstance(v, float), True)
+            out[name] = ["const", v] if ty == "constexpr" else ["arg", ty, hint or ""]
     return out
 
 
@@ -146,23 +148,23 @@ def _compile_one(item, arch: int):
     import tritonnorm.kernels as K
     name, desc = item
     fn = getattr(K, name)
-    signature, constexprs = {}, {}
+    signature, constexprs, attrs = {}, {}, {}
     launch = {k: v[1] for k, v in desc.items() if v[0] == "launch"}
-    for arg in fn.arg_names:
-        kind, value = desc.get(arg, ["const", None])
-        param = fn.params[fn.arg_names.index(arg)]
-        if param.is_constexpr or kind in ("const", "dtype"):
+    for i, arg in enumerate(fn.arg_names):
+        kind, value, *hint = desc.get(arg, ["const", None])
+        if fn.params[i].is_constexpr or kind in ("const", "dtype"):
             signature[arg] = "constexpr"
             constexprs[arg] = triton.language.dtype(value) if kind == "dtype" else value
-        elif kind == "ptr":
-            signature[arg] = "*" + value
         else:
             signature[arg] = value
+            if "D" in hint[0]:
+                attrs[(i,)] = [["tt.divisibility", 16]]
     target = GPUTarget("cuda", arch, 32)
     options = make_backend(target).parse_options(launch)
     t0 = time.perf_counter()
     try:
-        k = triton.compile(ASTSource(fn, signature, constexprs), target=target, options=options.__dict__)
+        k = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
+                           options=options.__dict__)
     except Exception as e:  # report every failure, not just the first
         return name, f"{type(e).__name__}: {str(e)[-2000:]}", time.perf_counter() - t0, {}
     secs, res = time.perf_counter() - t0, _resources(k.asm["cubin"])
@@ -181,7 +183,7 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
                 pool.map(_compile_one, items, [arch] * len(items)), items):
             flags = {k: v[1] for k, v in desc.items() if v[0] in ("const", "dtype", "launch")}
             spilled = res.get("LOCAL", 0) > 0 or res.get("STACK", 0) > 0
-            print(f"{'FAIL' if err else 'SPILL' if spilled else 'ok':<6}{name:<14}{secs:6.1f}s  "
+            print(f"{'FAIL' if err else 'STACK' if spilled else 'ok':<6}{name:<14}{secs:6.1f}s  "
                   f"{' '.join(f'{k}:{v}' for k, v in res.items()):<36}{flags}")
             if err:
                 failures += 1
@@ -189,7 +191,8 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
             spills += spilled
             regs = max(regs, res.get("REG", 0))
     print(f"{len(items) - failures}/{len(items)} specialisations compile for sm_{arch}; "
-          f"{spills} use local memory (register spills); at most {regs} registers a thread")
+          f"{spills} use a stack frame (register spills or local arrays); "
+          f"at most {regs} registers a thread")
     return 1 if failures else 0
 
 
