@@ -27,6 +27,10 @@ MAX_SPLIT = 256
 # the scratch and its second reduction cost more than extra parallelism gains.
 DWB_BUDGET = 1 << 22
 
+# Partials (count, mean, M2) per thread that the split merge may load at once:
+# 16 triples are 48 registers, as much as the tile itself holds.
+MERGE_PER_THREAD = 16
+
 _overrides: dict = {}
 
 
@@ -135,18 +139,22 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     n_sb = triton.cdiv(view.S, blocks["s"])
     tiles = triton.cdiv(view.Cg, blocks["j"]) * n_sb
     n_rb = view.N * n_gb
+    tile = blocks["g"] * blocks["j"] * blocks["s"]
+    # About 16 elements per thread, between 1 and 8 warps.
+    warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(8, tile // 512))))
     split = 1
     if "split" in _overrides:
         split = _overrides["split"]
     elif n_rb < target:
-        # Few, long rows: share each row between programs so the GPU stays busy.
+        # Few, long rows: share each row between programs so the GPU stays busy...
         split = min(MAX_SPLIT, triton.cdiv(target, max(n_rb, 1)))
+        # ...but the merge loads BLOCK_G x SPLIT partials at once: past MERGE_PER_THREAD
+        # of them per thread they no longer fit in registers and spill (seen in
+        # perf/compile_check.py at 32 rows x 128 partials on one warp).
+        split = min(split, max(1, MERGE_PER_THREAD * 32 * warps // blocks["g"]))
     split = max(1, min(split, tiles))
     chunk = max(1, triton.cdiv(tiles, split))
     split = max(1, triton.cdiv(tiles, chunk))  # an empty row (an empty rank) walks no tile
-    tile = blocks["g"] * blocks["j"] * blocks["s"]
-    # About 16 elements per thread, between 1 and 8 warps.
-    warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(8, tile // 512))))
     stages = _overrides.get("num_stages", tuned.get("num_stages", 3))
     return RowConfig(blocks["g"], blocks["j"], blocks["s"], split, chunk, n_rb, n_gb, n_sb, tiles,
                      warps, stages)
