@@ -70,9 +70,17 @@ def _p2(n: int) -> int:
 # loops, and a multiplier of the program target that decides how finely few long
 # rows are split (so also how many rows a program walks).  Pruned to at least 4
 # elements per thread: fewer leaves lanes idle on every tile.
+# num_stages pipelines loads that feed tl.dot; our tile loops have none, and every
+# kernel's cubin is byte-identical for num_stages 1 to 4 (triton 3.9, sm_90,
+# perf/compile_check.py), so one depth is swept: more would only multiply tuning
+# time.  Widen TUNE_STAGES if a kernel ever pipelines.
+TUNE_STAGES = (3,)
 TUNE_SPACE = [dict(max_tile=t, num_warps=w, num_stages=st, split_scale=s)
-              for t in (1024, 2048, 4096, 8192) for w in (2, 4, 8) for st in (1, 3) for s in (1, 4)
-              if t // (32 * w) >= 4]
+              for t in (1024, 2048, 4096, 8192) for w in (2, 4, 8) for st in TUNE_STAGES
+              for s in (1, 4) if t // (32 * w) >= 4]
+# `tune --quick`: the tiles and warps around the defaults, each compiled config
+# costing about a second, so a quick run fits a few minutes of GPU time.
+QUICK_SPACE = [c for c in TUNE_SPACE if c["max_tile"] in (2048, 4096) and c["num_warps"] in (4, 8)]
 
 
 def bucket_key(view: RowView, x: torch.Tensor, spec_name: str, pass_: str) -> str:

@@ -1,7 +1,8 @@
 """`tritonnorm tune`: sweep launch configs on this GPU and save the best per bucket.
 
 For every norm, dtype, layout and pass (forward, backward) of a shape grid taken
-from real models, each config of ``config.TUNE_SPACE`` is timed with
+from real models, each config of ``config.TUNE_SPACE`` (``QUICK_SPACE`` with
+--quick, which also takes one shape per norm) is timed with
 triton.testing.do_bench; the fastest per bucket goes into the device's table
 (tables.py), written atomically, which dispatch then loads on first use.
 """
@@ -63,7 +64,7 @@ def tune(norms, dtypes, quick=False) -> int:
         w = torch.randn(c, device="cuda", dtype=dtype, requires_grad=True)
         b = torch.randn(c, device="cuda", dtype=dtype, requires_grad=True)
         best = None
-        for cand in config.TUNE_SPACE:
+        for cand in config.QUICK_SPACE if quick else config.TUNE_SPACE:
             with config.override(**cand):
                 try:
                     ms = _bench(call, x, w, b, pass_)
