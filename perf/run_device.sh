@@ -32,8 +32,8 @@ stage() {  # stage NAME TIMEOUT_S LOG COMMAND...: run, log, record the exit stat
   [ "$rc" = 0 ] || status=1
 }
 if [[ $STAGES == *tests* ]]; then
-  # 16 CPU cores compile kernels in parallel; slow-marked tests stay out (as on CI).
-  stage tests 200 pytest.txt python3 -m pytest -q -n 8 --durations=15
+  # 16 CPU cores compile kernels in parallel, 12 workers; slow-marked tests stay out (as on CI).
+  stage tests 200 pytest.txt python3 -m pytest -q -n 12 --durations=15
 fi
 if [[ $STAGES == *bench* ]]; then
   # The sweep stops starting new cases after --budget-s; it measures the first shape
