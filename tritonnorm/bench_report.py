@@ -35,7 +35,7 @@ def plot(rows, out: Path) -> None:
                 ax.plot(*zip(*pts), marker="o", label=prov)
             roof = sorted({(_numel(r["shape"]), float(r["copy_gbps"])) for r in cell
                            if r["provider"] == cell[0]["provider"]})
-            ax.plot(*zip(*roof), "k--", label="copy roofline")
+            ax.plot(*zip(*roof), "k--", marker="_", markersize=14, label="copy roofline")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("elements of x")
             ax.set_ylabel("GB/s (minimal bytes)")
