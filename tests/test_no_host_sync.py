@@ -23,9 +23,9 @@ LAYERS = {
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("split", [None, 4], ids=["whole-rows", "split-rows"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_forward_and_backward_never_sync_with_the_host(name, split, training, layout):
-    layer = tritonnorm.convert(nn.Sequential(LAYERS[name]())).train(training)
-    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=layout).requires_grad_()
+def test_forward_and_backward_never_sync_with_the_host(name, split, training, layout, device):
+    layer = tritonnorm.convert(nn.Sequential(LAYERS[name]())).to(device).train(training)
+    x = torch.randn(4, 8, 5, 5, device=device).contiguous(memory_format=layout).requires_grad_()
     with tritonnorm.config.override(**({"split": split} if split else {})), host_syncs() as syncs:
         layer(x).square().sum().backward()
     assert syncs == []
@@ -35,5 +35,5 @@ def test_the_probe_sees_a_sync():
     """The spy is live: a .item() from tritonnorm's own code is recorded."""
     from tritonnorm.check import _scaled_err
     with host_syncs() as syncs:
-        _scaled_err(torch.ones(2), torch.ones(2))
+        _scaled_err(torch.ones(2), torch.ones(2))  # ends in .item()
     assert [s[0] for s in syncs] == ["item"]
