@@ -151,16 +151,20 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     dw = db = None
     if dwb is not None:
         pdtype = weight.dtype if weight is not None else x.dtype
-        sums = column_sums(dwb.view(nprog * cfg.SPLIT, 2 * cw), pdtype)
-        dw = sums[:cw] if need_dw else None
-        db = sums[cw:] if need_db else None
+        dw, db = column_sums(dwb.view(nprog * cfg.SPLIT, 2 * cw), pdtype, cw)
+        dw = dw if need_dw else None
+        db = db if need_db else None
     return dx, dw, db
 
 
-def column_sums(partials: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """Deterministic sum over axis 0 of a 2-d partials tensor."""
+def column_sums(partials: torch.Tensor, out_dtype: torch.dtype, k1: int):
+    """Deterministic sum over axis 0 of a 2-d partials tensor, as two separate
+    tensors: columns [0, k1) and [k1, k) -- no storage shared, so no copy is
+    needed where outputs may not alias (custom ops)."""
     a, k = partials.shape
-    out = torch.empty(k, dtype=out_dtype, device=partials.device)
+    first = torch.empty(k1, dtype=out_dtype, device=partials.device)
+    second = torch.empty(k - k1, dtype=out_dtype, device=partials.device)
     block_a, block_k = config.column_sum_blocks(a, k)
-    column_sum[(triton.cdiv(k, block_k),)](partials, out, a, k, BLOCK_A=block_a, BLOCK_K=block_k)
-    return out
+    column_sum[(triton.cdiv(k, block_k),)](partials, first, second, a, k, k1,
+                                            BLOCK_A=block_a, BLOCK_K=block_k)
+    return first, second
