@@ -26,7 +26,7 @@ Programs are persistent over row blocks: program ``pid`` takes row blocks
 import triton
 import triton.language as tl
 
-from .tiles import chan_merge, row_block, sum_js, tile_moments, tile_offsets
+from .tiles import chan_merge, div, rsqrt, row_block, sum_js, tile_moments, tile_offsets
 
 
 @triton.jit
@@ -52,10 +52,10 @@ def _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask, mean, 
     Float arguments arrive as fp32, so momentum comes as hi + lo fp32 parts
     whose sum restores it to ~48 bits for fp64 statistics."""
     if CUMULATIVE:
-        f = 1.0 / tl.load(NBT_ptr).to(mean.dtype)
+        f = div(tl.zeros_like(mean) + 1.0, tl.load(NBT_ptr).to(mean.dtype))
     else:
         f = (tl.zeros_like(mean) + mom_hi) + mom_lo
-    var = m2 / tl.maximum(cnt - 1.0, 1.0)
+    var = div(m2, tl.maximum(cnt - 1.0, 1.0))
     rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
     rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
     tl.store(RMo_ptr + rs, f * mean + (1.0 - f) * rm, mask=rmask)
@@ -118,7 +118,7 @@ def row_norm_fwd(
             m_i = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
             q_i = tl.load(base + 2, mask=pm, other=0.0).to(ACC)
             cnt = tl.sum(c_i, axis=1)
-            mean = tl.sum(c_i * m_i, axis=1) / tl.maximum(cnt, 1.0)
+            mean = div(tl.sum(c_i * m_i, axis=1), tl.maximum(cnt, 1.0))
             d = tl.where(pm, m_i - mean[:, None], 0.0)
             m2 = tl.sum(q_i, axis=1) + tl.sum(c_i * d * d, axis=1)
         else:
@@ -142,7 +142,7 @@ def row_norm_fwd(
             tl.store(base + 2, m2, mask=rmask)
         else:
             if PHASE != 3:
-                rstd = 1.0 / tl.sqrt(m2 / tl.maximum(cnt, 1.0) + eps)
+                rstd = rsqrt(div(m2, tl.maximum(cnt, 1.0)) + eps)
                 if p == 0:
                     tl.store(Mean_ptr + rs, mean, mask=rmask)
                     tl.store(Rstd_ptr + rs, rstd, mask=rmask)
@@ -230,8 +230,8 @@ def row_norm_bwd(
             tl.store(base, a1, mask=rmask)
             tl.store(base + 1, a2, mask=rmask)
         else:
-            c1 = (a1 / M)[:, None, None]
-            c2 = (a2 / M)[:, None, None]
+            c1 = div(a1, tl.zeros_like(a1) + M)[:, None, None]
+            c2 = div(a2, tl.zeros_like(a2) + M)[:, None, None]
             for t in range(t0, t1):
                 offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                 BLOCK_G, BLOCK_J, BLOCK_S)

@@ -53,11 +53,31 @@ def sum_js(v):
 
 
 @triton.jit
+def div(a, b):
+    """a / b correctly rounded.  Triton's fp32 `/` is an approximate division
+    (up to 2 ulp on a GPU, so even n / n can miss 1.0); statistics use the
+    IEEE one.  fp64 division is already correctly rounded."""
+    if a.dtype == tl.float64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def rsqrt(v):
+    """1 / sqrt(v), each step correctly rounded (not the approximate rsqrt)."""
+    if v.dtype == tl.float64:
+        return 1.0 / tl.sqrt(v)
+    else:
+        return tl.div_rn(tl.full(v.shape, 1.0, v.dtype), tl.sqrt_rn(v))
+
+
+@triton.jit
 def chan_merge(cnt_a, mean_a, m2_a, cnt_b, mean_b, m2_b):
     """Chan et al.'s pairwise merge of two (count, mean, M2) summaries."""
     tot = cnt_a + cnt_b
     delta = mean_b - mean_a
-    frac = cnt_b / tl.maximum(tot, 1.0)
+    frac = div(cnt_b, tl.maximum(tot, 1.0))
     mean = mean_a + delta * frac
     m2 = m2_a + m2_b + delta * delta * cnt_a * frac
     return tot, mean, m2
@@ -75,7 +95,7 @@ def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
     cnt = sum_js(maskf)
     if CENTER:
         xs = tl.where(mask, x - pivot[:, None, None], 0.0)
-        mean_s = sum_js(xs) / tl.maximum(cnt, 1.0)
+        mean_s = div(sum_js(xs), tl.maximum(cnt, 1.0))
         d = tl.where(mask, xs - mean_s[:, None, None], 0.0)
         m2 = sum_js(d * d)
         mean = pivot + mean_s

@@ -114,6 +114,10 @@ JOBS = {f.__name__: f for f in (sync_vs_batchnorm, count_collectives, subgroup, 
 
 
 def run(rank, world, port, job, out_dir):
+    # The ranks hold CPU tensors and talk over gloo, also on a GPU machine (one GPU
+    # cannot host several NCCL ranks), so tritonnorm runs under the interpreter here;
+    # this must be set before tritonnorm is imported.
+    os.environ["TRITON_INTERPRET"] = "1"
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=120))
