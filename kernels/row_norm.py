@@ -1,21 +1,24 @@
-"""Forward and backward kernels of the norms that reduce inside one sample.
+"""Forward and backward kernels of every norm.
 
-LayerNorm, RMSNorm, GroupNorm and InstanceNorm are one kernel pair; the
-reduction spec on the host picks the view ``[N, G, Cg, S]`` (see tiles.py) and
-the constexprs below carry the rest:
+LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm are one kernel pair;
+the reduction spec on the host picks the view ``[N, G, Cg, S]`` (see tiles.py)
+and the constexprs below carry the rest:
 
 * ``CENTER``  -- subtract the mean (everything but RMSNorm),
 * ``W_MODE``  -- how the affine parameters are indexed: 0 by channel
   ``g * Cg + j`` (GroupNorm/InstanceNorm), 1 by element ``j`` (LayerNorm/RMSNorm),
   2 by row ``g`` (BatchNorm, whose rows are channels),
 * ``UPDATE_RUNNING`` -- fold the batch statistics into running_mean/var
-  (BatchNorm), in place or into new tensors, with momentum, or 1 / num_batches_tracked read on the
-  device when ``CUMULATIVE`` (momentum=None): no host sync,
+  (BatchNorm), in place or into new tensors, with momentum, or 1 / num_batches_tracked
+  read on the device when ``CUMULATIVE`` (momentum=None): no host sync,
 * ``PHASE``   -- 0: one program owns whole rows; 1 and 2: a row is split over
   ``SPLIT`` programs (axis 1 of the grid); phase 1 writes per-program partials
   and phase 2 merges ``n_part`` of them (SPLIT, or the partials of every rank
   for SyncBatchNorm) and finishes the row chunk it owns; 3: the
-  statistics are given (running statistics) and only the elementwise pass runs.
+  statistics are given (running mean and variance; eps and the rsqrt are
+  applied here) and only the elementwise pass runs,
+* ``RESIDENT`` -- each program's share of a row is a single tile: it is loaded
+  once and kept in registers for the statistics and the elementwise pass.
 
 Statistics of row (n, g) live at ``n * stat_sN + g``: ``stat_sN = G`` for
 per-row statistics, 0 for per-group constants shared by every sample.
@@ -26,7 +29,8 @@ Programs are persistent over row blocks: program ``pid`` takes row blocks
 import triton
 import triton.language as tl
 
-from .tiles import chan_merge, div, rsqrt, row_block, sum_js, tile_moments, tile_offsets
+from .tiles import (div, lane_moments, lane_welford, row_block, rsqrt, sum_js, tile_moments,
+                    tile_offsets)
 
 
 @triton.jit
@@ -64,8 +68,10 @@ def _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask, mean, 
 
 @triton.jit
 def _chunk(T, chunk, PHASE: tl.constexpr):
-    """The tile range [t0, t1) this program walks along its row."""
-    if PHASE == 1 or PHASE == 2:
+    """The tile range [t0, t1) this program walks along its row: all of it in
+    PHASE 0, chunk ``program_id(1)`` otherwise (PHASE 3 splits rows as well,
+    so eval gets the parallelism of training)."""
+    if PHASE != 0:
         t0 = tl.program_id(1) * chunk
         t1 = tl.minimum(t0 + chunk, T)
     else:
@@ -75,13 +81,48 @@ def _chunk(T, chunk, PHASE: tl.constexpr):
 
 
 @triton.jit
+def _tile_j(t, nSB, BLOCK_J: tl.constexpr):
+    """The j indices of tile t, shaped [1, BLOCK_J, 1]."""
+    return (t // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)[None, :, None]
+
+
+@triton.jit
+def _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
+                 HAS_B: tl.constexpr, ACC: tl.constexpr):
+    """The tile's weight and bias (1 and 0 when absent), in ACC."""
+    widx, wmask = _param_index(g, j, Cg, G, W_MODE)
+    w = tl.full(widx.shape, 1.0, ACC)
+    b = tl.zeros(widx.shape, ACC)
+    if HAS_W:
+        w = tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
+    if HAS_B:
+        b = tl.load(B_ptr + widx, mask=wmask, other=0.0).to(ACC)
+    return w, b
+
+
+@triton.jit
+def _merge_partials(Part_ptr, r, rmask, n_part, ACC: tl.constexpr, BLOCK_PART: tl.constexpr):
+    """(count, mean, M2) of rows r from their n_part Chan partials: exact parallel formula."""
+    i = tl.arange(0, BLOCK_PART)[None, :]
+    pm = rmask[:, None] & (i < n_part)
+    base = Part_ptr + (r[:, None] * n_part + i) * 3
+    c_i = tl.load(base, mask=pm, other=0.0).to(ACC)
+    m_i = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
+    q_i = tl.load(base + 2, mask=pm, other=0.0).to(ACC)
+    cnt = tl.sum(c_i, axis=1)
+    mean = div(tl.sum(c_i * m_i, axis=1), tl.maximum(cnt, 1.0))
+    d = tl.where(pm, m_i - mean[:, None], 0.0)
+    return cnt, mean, tl.sum(q_i, axis=1) + tl.sum(c_i * d * d, axis=1)
+
+
+@triton.jit
 def row_norm_fwd(
     X_ptr,     # shape (N, G, Cg, S), strided
     Y_ptr,     # shape (N, G, Cg, S), same strides as X
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     B_ptr,     # shape like W
     Mean_ptr,  # shape (N * G,) saved mean, fp32 (fp64 for fp64 input); (G,) if stat_sN == 0
-    Rstd_ptr,  # shape (N * G,) saved 1 / sqrt(var + eps)
+    Rstd_ptr,  # shape (N * G,) saved 1 / sqrt(var + eps); in PHASE 3 the given variance
     Part_ptr,  # shape (N * G, n_part, 3) Chan partials (count, mean, M2); PHASE 1/2 only
     RM_ptr,    # shape (G,) running_mean read when UPDATE_RUNNING
     RV_ptr,    # shape (G,) running_var read when UPDATE_RUNNING
@@ -92,49 +133,54 @@ def row_norm_fwd(
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr, ACC: tl.constexpr,
+    CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
     """y = (x - mean) * rstd * w + b, statistics over each (n, g) row.
 
-    The variance is never E[x^2] - E[x]^2: each tile is reduced with two passes
-    on-chip and tiles are combined with Chan's merge, in ACC precision."""
+    The variance is never E[x^2] - E[x]^2.  A resident tile is reduced with two
+    passes on-chip (shifted by the row's first element); a walk over several
+    tiles keeps per-lane Welford accumulators and merges the lanes once with
+    Chan's formula, in ACC precision."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     p = tl.program_id(1)
     t0, t1 = _chunk(T, chunk, PHASE)
+    # LayerNorm/RMSNorm: every row block of this program shares one j range, so w
+    # and b are loaded once -- up to 8192 elements: past that, x, w and b together
+    # would pass the 128 registers a thread has at 16 warps and spill.
+    if RESIDENT and W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
+        w_res, b_res = _load_params(W_ptr, B_ptr, 0, _tile_j(t0, nSB, BLOCK_J), Cg, G, W_MODE,
+                                    HAS_W, HAS_B, ACC)
     for rb in range(pid, n_rb, nprog):
         n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
+        if RESIDENT:
+            offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                            BLOCK_G, BLOCK_J, BLOCK_S)
+            x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
-            rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
+            rstd = rsqrt(tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC) + eps)
         elif PHASE == 2:
-            # Merge the n_part partials of these rows with the exact parallel formula.
-            i = tl.arange(0, BLOCK_PART)[None, :]
-            pm = rmask[:, None] & (i < n_part)
-            base = Part_ptr + (r[:, None] * n_part + i) * 3
-            c_i = tl.load(base, mask=pm, other=0.0).to(ACC)
-            m_i = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
-            q_i = tl.load(base + 2, mask=pm, other=0.0).to(ACC)
-            cnt = tl.sum(c_i, axis=1)
-            mean = div(tl.sum(c_i * m_i, axis=1), tl.maximum(cnt, 1.0))
-            d = tl.where(pm, m_i - mean[:, None], 0.0)
-            m2 = tl.sum(q_i, axis=1) + tl.sum(c_i * d * d, axis=1)
+            cnt, mean, m2 = _merge_partials(Part_ptr, r, rmask, n_part, ACC, BLOCK_PART)
         else:
-            cnt = tl.zeros([BLOCK_G], ACC)
-            mean = tl.zeros([BLOCK_G], ACC)
-            m2 = tl.zeros([BLOCK_G], ACC)
             # Shift by each row's first element (see tile_moments).
             rows = (g0 + tl.arange(0, BLOCK_G)).to(tl.int64)
             pmask = rmask & ((rows * 0 + T) > 0)  # an empty row (empty rank) has no element
             pivot = tl.load(X_ptr + n.to(tl.int64) * sN + rows * sG, mask=pmask, other=0.0).to(ACC)
-            for t in range(t0, t1):
-                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                BLOCK_G, BLOCK_J, BLOCK_S)
-                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                bc, bm, bq = tile_moments(x, mask, pivot, CENTER)
-                cnt, mean, m2 = chan_merge(cnt, mean, m2, bc, bm, bq)
+            if RESIDENT:
+                cnt, mean, m2 = tile_moments(x, mask, pivot, CENTER)
+            else:
+                lc = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                lm = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                lq = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                for t in range(t0, t1):
+                    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S)
+                    xt = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                    lc, lm, lq = lane_welford(lc, lm, lq, xt, mask, CENTER)
+                cnt, mean, m2 = lane_moments(lc, lm, lq, pivot, CENTER)
         if PHASE == 1:
             base = Part_ptr + (r * n_part + p) * 3
             tl.store(base, cnt, mask=rmask)
@@ -149,119 +195,20 @@ def row_norm_fwd(
                     if UPDATE_RUNNING:
                         _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask,
                                         mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)
-            for t in range(t0, t1):
-                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                BLOCK_G, BLOCK_J, BLOCK_S)
-                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                y = (x - mean[:, None, None]) * rstd[:, None, None]
-                widx, wmask = _param_index(g, j, Cg, G, W_MODE)
-                if HAS_W:
-                    y = y * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
-                if HAS_B:
-                    y = y + tl.load(B_ptr + widx, mask=wmask, other=0.0).to(ACC)
+            mean3 = mean[:, None, None]
+            rstd3 = rstd[:, None, None]
+            if RESIDENT:
+                if W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
+                    w, b = w_res, b_res
+                else:
+                    w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
+                y = (x - mean3) * rstd3 * w + b
                 tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def row_norm_bwd(
-    X_ptr,     # shape (N, G, Cg, S), strided
-    DY_ptr,    # shape (N, G, Cg, S), same strides as X
-    DX_ptr,    # shape (N, G, Cg, S), same strides as X
-    W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
-    Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
-    Rstd_ptr,  # shape (N * G,)
-    Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
-    DWB_ptr,   # shape (nprog * SPLIT, 2, Cw) zeroed per-program partials of (dw, db)
-    G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M,
-    PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
-    NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_PART: tl.constexpr,
-):
-    """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
-
-    With xhat = (x - mean) * rstd (CENTER) or x * rstd (RMS), and wdy = w * dy:
-
-        dx = rstd * (wdy - mean(wdy) - xhat * mean(wdy * xhat))     (CENTER)
-        dx = rstd * (wdy - xhat * mean(wdy * xhat))                  (RMS)
-        dw[c] = sum over (n, s) of dy * xhat,   db[c] = sum of dy
-
-    The two row means come from a first walk over the row (PHASE 0), from
-    n_part partials (PHASE 2), or are 0 when the statistics are constants
-    (PHASE 3: dx = rstd * wdy).  dw/db are accumulated per program into DWB,
-    which that program alone reads and writes, and summed by a second kernel:
-    no atomics, so the result is deterministic."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    p = tl.program_id(1)
-    t0, t1 = _chunk(T, chunk, PHASE)
-    dwb = DWB_ptr + (pid * SPLIT + p).to(tl.int64) * 2 * Cw
-    for rb in range(pid, n_rb, nprog):
-        n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
-        mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
-        rstd = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
-        if PHASE == 3:
-            # Constant statistics: nothing flows back through them.
-            a1 = tl.zeros([BLOCK_G], ACC)
-            a2 = tl.zeros([BLOCK_G], ACC)
-        elif PHASE == 2:
-            i = tl.arange(0, BLOCK_PART)[None, :]
-            pm = rmask[:, None] & (i < n_part)
-            base = Part_ptr + (r[:, None] * n_part + i) * 2
-            a1 = tl.sum(tl.load(base, mask=pm, other=0.0).to(ACC), axis=1)
-            a2 = tl.sum(tl.load(base + 1, mask=pm, other=0.0).to(ACC), axis=1)
-        else:
-            a1 = tl.zeros([BLOCK_G], ACC)
-            a2 = tl.zeros([BLOCK_G], ACC)
-            for t in range(t0, t1):
-                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                BLOCK_G, BLOCK_J, BLOCK_S)
-                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                wdy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
-                if HAS_W:
-                    widx, wmask = _param_index(g, j, Cg, G, W_MODE)
-                    wdy = wdy * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
-                xhat = (x - mean) * rstd if CENTER else x * rstd
-                a1 += sum_js(wdy * xhat)
-                a2 += sum_js(wdy)
-        if PHASE == 1:
-            base = Part_ptr + (r * n_part + p) * 2
-            tl.store(base, a1, mask=rmask)
-            tl.store(base + 1, a2, mask=rmask)
-        else:
-            c1 = div(a1, tl.zeros_like(a1) + M)[:, None, None]
-            c2 = div(a2, tl.zeros_like(a2) + M)[:, None, None]
-            for t in range(t0, t1):
-                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                BLOCK_G, BLOCK_J, BLOCK_S)
-                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
-                widx, wmask = _param_index(g, j, Cg, G, W_MODE)
-                wdy = dy
-                if HAS_W:
-                    wdy = dy * tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
-                xhat = (x - mean) * rstd if CENTER else x * rstd
-                dx = wdy - xhat * c1
-                if CENTER:
-                    dx = dx - c2
-                tl.store(DX_ptr + offs, (dx * rstd).to(DX_ptr.dtype.element_ty), mask=mask)
-                if NEED_DWB:
-                    _accumulate_dwb(dwb, Cw, dy * xhat, dy, widx, wmask, W_MODE)
-
-
-@triton.jit
-def _accumulate_dwb(dwb, Cw, dyx, dy, widx, wmask, W_MODE: tl.constexpr):
-    """Add one tile's dw/db contribution into this program's own partial row."""
-    pw = tl.sum(dyx, axis=2, keep_dims=True)
-    pb = tl.sum(dy, axis=2, keep_dims=True)
-    if W_MODE == 1:
-        # LayerNorm/RMSNorm: every row of the tile shares the parameter index j.
-        pw = tl.sum(pw, axis=0, keep_dims=True)
-        pb = tl.sum(pb, axis=0, keep_dims=True)
-    elif W_MODE == 2:
-        # BatchNorm: one parameter per row.
-        pw = tl.sum(pw, axis=1, keep_dims=True)
-        pb = tl.sum(pb, axis=1, keep_dims=True)
-    tl.store(dwb + widx, tl.load(dwb + widx, mask=wmask, other=0.0) + pw, mask=wmask)
-    tl.store(dwb + Cw + widx, tl.load(dwb + Cw + widx, mask=wmask, other=0.0) + pb, mask=wmask)
+            else:
+                for t in range(t0, t1):
+                    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S)
+                    xt = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                    w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
+                    y = (xt - mean3) * rstd3 * w + b
+                    tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

@@ -73,17 +73,6 @@ def rsqrt(v):
 
 
 @triton.jit
-def chan_merge(cnt_a, mean_a, m2_a, cnt_b, mean_b, m2_b):
-    """Chan et al.'s pairwise merge of two (count, mean, M2) summaries."""
-    tot = cnt_a + cnt_b
-    delta = mean_b - mean_a
-    frac = div(cnt_b, tl.maximum(tot, 1.0))
-    mean = mean_a + delta * frac
-    m2 = m2_a + m2_b + delta * delta * cnt_a * frac
-    return tot, mean, m2
-
-
-@triton.jit
 def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
     """(count, mean, M2) of one tile per row, two passes over the on-chip tile.
 
@@ -103,3 +92,37 @@ def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
         mean = cnt * 0.0
         m2 = sum_js(x * x)
     return cnt, mean, m2
+
+
+@triton.jit
+def lane_welford(cnt, mean, m2, x, mask, CENTER: tl.constexpr):
+    """Add one tile to per-lane (count, mean, M2) accumulators: Welford's update,
+    lane by lane, so a walk over many tiles reduces across lanes only once, at
+    the end (lane_moments).  The update's division error scales with
+    |x - mean|, not |mean|, so the fast ``/`` is harmless there, and a lane's
+    first element is taken exactly.  Without CENTER, M2 is the sum of squares."""
+    cnt = cnt + mask.to(x.dtype)
+    if CENTER:
+        delta = x - mean
+        mean = tl.where(mask, tl.where(cnt == 1.0, x, mean + delta / tl.maximum(cnt, 1.0)), mean)
+        m2 = m2 + tl.where(mask, delta * (x - mean), 0.0)
+    else:
+        m2 = m2 + x * x
+    return cnt, mean, m2
+
+
+@triton.jit
+def lane_moments(cnt, mean, m2, pivot, CENTER: tl.constexpr):
+    """Per-row (count, mean, M2) of per-lane accumulators, by the exact parallel
+    formula  M2 = sum M2_l + sum c_l (mean_l - mean)^2  with plain tree sums.
+    The lane means are summed shifted by a value of the row (pivot), so with
+    |mean| >> std the shifted terms are small and the mean comes out correctly
+    rounded, as in tile_moments."""
+    c = sum_js(cnt)
+    if CENTER:
+        shifted = tl.where(cnt > 0, mean - pivot[:, None, None], 0.0)
+        ms = div(sum_js(cnt * shifted), tl.maximum(c, 1.0))
+        d = shifted - ms[:, None, None]
+        return c, pivot + ms, sum_js(m2) + sum_js(cnt * d * d)
+    else:
+        return c, c * 0.0, sum_js(m2)

@@ -62,7 +62,7 @@ def _drive(quick: bool, norms=None) -> None:
     import tritonnorm
     from tritonnorm import config
     shapes = {
-        "layer": [(8, 768), (4, 16384), (3, 100)],
+        "layer": [(8, 768), (4, 16384), (8, 8192), (3, 100)],
         "rms": [(8, 768), (4, 16384)],
         "group": [(2, 32, 15, 15), (1, 512, 64, 64), (1, 128, 512, 512)],
         "instance": [(2, 5, 19, 17), (4, 64, 256, 256)],
@@ -105,8 +105,9 @@ def _drive(quick: bool, norms=None) -> None:
 
 def record(path: str, quick: bool, sms: int, norms=None) -> int:
     os.environ["TRITON_INTERPRET"] = "1"
+    # Launch configs as on a GPU with `sms` SMs (dispatch's planning knob).
+    os.environ["TRITONNORM_PLAN_SMS"] = str(sms)
     import triton.runtime.interpreter as interp
-    from tritonnorm import _runtime, config
     seen = {}
 
     def run(self, *args, grid, warmup, **kwargs):
@@ -115,8 +116,6 @@ def record(path: str, quick: bool, sms: int, norms=None) -> int:
         # Nothing is executed: outputs stay uninitialised, which no host code reads.
 
     interp.InterpretedFunction.run = run
-    # Launch configs as on a GPU with `sms` SMs (four programs per SM).
-    config.target_programs = _runtime.target_programs = lambda x: 4 * sms
     _drive(quick, norms)
     with open(path, "w") as f:
         json.dump([json.loads(k) for k in seen], f)

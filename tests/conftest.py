@@ -1,7 +1,14 @@
 """Test setup: the interpreter when there is no GPU, the device, the tiling modes."""
 import os
 
+import tempfile
+
 import torch
+
+# A fresh inductor cache per run: torch's compiled-graph cache does not key on a
+# custom op's schema, so graphs cached by an older tritonnorm call its ops with
+# the old arguments.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="tritonnorm-inductor-"))
 
 if not torch.cuda.is_available():
     # Must happen before tritonnorm (and so any @triton.jit) is imported.

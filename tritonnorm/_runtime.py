@@ -41,12 +41,18 @@ def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# Planning knob: under the interpreter, TRITONNORM_PLAN_SMS=132 makes dispatch pick the
+# launch configs a 132-SM GPU would get (perf/traffic.py, perf/compile_check.py).
+PLAN_SMS = int(os.environ.get("TRITONNORM_PLAN_SMS", "0") or 0)
+
+
 def target_programs(x: torch.Tensor) -> int:
     """How many programs fill the device.
 
     On a GPU, four programs per SM: enough resident work to hide memory latency.
     Under the interpreter programs run one after another, so parallelism buys
-    nothing; 4 keeps the split and persistent paths exercised on small tests."""
+    nothing; 4 keeps the split and persistent paths exercised on small tests,
+    unless TRITONNORM_PLAN_SMS asks for a GPU's plan."""
     if x.device.type == "cuda":
         return 4 * sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
-    return 4
+    return 4 * PLAN_SMS if PLAN_SMS > 0 else 4

@@ -12,7 +12,7 @@ import triton
 
 from . import tables
 from ._runtime import INTERPRET, target_programs
-from .spec import RowView
+from .spec import W_BY_ELEMENT, RowView
 
 # Elements in one [BLOCK_G, BLOCK_J, BLOCK_S] tile.  4096 fp32 accumulators over
 # 8 warps is 16 registers per live tile per thread: large enough for wide,
@@ -23,9 +23,19 @@ DEFAULT_MAX_TILE = 4096
 # Bound on programs that share one row: the merge step loads all SPLIT partials
 # of a row at once, and past a few hundred the partial traffic stops paying.
 MAX_SPLIT = 256
-# Bound on the backward's per-program dw/db scratch (elements): beyond ~16 MB
-# the scratch and its second reduction cost more than extra parallelism gains.
-DWB_BUDGET = 1 << 22
+# LayerNorm/RMSNorm backward: each persistent program writes a dw/db slot as long
+# as the row, which column_sum reads back; keeping that under 1/32 of x's bytes
+# holds the scratch's share of the pass's traffic (3 x bytes of x) to about 2%.
+DWB_FRACTION = 32
+# Rows up to this many elements are kept whole in registers (RESIDENT), loaded once
+# per pass, over at most 16 warps (128 registers a thread in a 64K-register SM).
+# A forward over contiguous rows (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm)
+# holds x and affine addresses: 16384 fp32 compile to ~110 registers.  Every other
+# pass holds more per element (x and dy, the dw/db sums, or the 64-bit offsets of a
+# strided channels_last view, two registers each): 16384 of them spilled there, 8192 do not
+# (perf/compile_check.py).  fp64 values take two registers and the fp64 tile runs
+# twice the warps: a quarter.
+RESIDENT_MAX = {"fwd": 16384, "bwd": 8192}
 
 # Partials (count, mean, M2) per thread that the split merge may load at once:
 # 16 triples are 48 registers, as much as the tile itself holds.
@@ -120,27 +130,53 @@ def clear_cache() -> None:
     _CONFIGS.clear()
 
 
+def _coalescing_rows(view: RowView, order, itemsize: int) -> int:
+    """Rows a tile must span for coalesced loads.  Rows are the contiguous axis in
+    channels_last InstanceNorm/BatchNorm: 32 adjacent rows give a warp 128 bytes
+    and more.  In channels_last GroupNorm a row's Cg channels are contiguous and
+    the next group follows: under 128 bytes of them, a tile spans enough groups
+    to fill a 128-byte line, or a warp would touch part of every 32-byte sector."""
+    if not order:
+        return 1
+    if order[0] == "g":
+        return 32
+    if order[0] == "j" and view.S > 1 and view.sG == view.Cg * view.sJ and view.Cg * itemsize < 128:
+        return _p2(triton.cdiv(128, view.Cg * itemsize))
+    return 1
+
+
 def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     tuned = _tuned(view, x, spec_name, pass_)
     max_tile = _overrides.get("max_tile", tuned.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE)))
-    target = _overrides.get("programs", target_programs(x))
-    target *= _overrides.get("split_scale", tuned.get("split_scale", 1))
     sizes = {"g": view.G, "j": view.Cg, "s": view.S}
     strides = {"g": view.sG, "j": view.sJ, "s": view.sS}
     # Fill the tile along the fastest-moving axis first so that consecutive lanes
     # read consecutive addresses (coalesced, vectorisable loads).
     order = sorted((a for a in sizes if sizes[a] > 1), key=lambda a: strides[a])
+    min_g = min(_p2(view.G), _coalescing_rows(view, order, x.element_size()))
+    row = _p2(view.Cg) * _p2(view.S)   # the tile that holds one whole row
+    if not {"max_tile"} & (_overrides.keys() | tuned.keys()):
+        contiguous_rows = view.sS == 1 and view.sJ == view.S   # affine 32-bit-friendly addresses
+        resident = RESIDENT_MAX["fwd" if pass_ == "fwd" and contiguous_rows else "bwd"]
+        resident //= 4 if x.dtype == torch.float64 else 1
+        if max_tile < row * min_g <= resident:
+            max_tile = row * min_g   # whole rows in one tile: loaded once (see RESIDENT_MAX)
+    target = _overrides.get("programs", target_programs(x))
+    target *= _overrides.get("split_scale", tuned.get("split_scale", 1))
     blocks = {"g": 1, "j": 1, "s": 1}
-    room = max_tile
+    if row * min_g <= max_tile:
+        # Resident rows: j and s whole, so each row is loaded once; rows fill the rest.
+        blocks["j"], blocks["s"] = _p2(view.Cg), _p2(view.S)
+        order = ["g"]
+    room = max(1, max_tile // (blocks["j"] * blocks["s"]))
     for a in order:
         cap = room
         if a == "g":
             # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
-            if a == order[0]:
-                # ...unless rows are the contiguous axis (channels_last IN/BN): then 32
-                # adjacent rows keep a warp's loads coalesced; the split restores parallelism.
-                cap = min(room, max(cap, 32))
+            # ...unless a warp's loads need several rows to be coalesced (channels_last);
+            # the split restores parallelism.
+            cap = min(room, max(cap, min_g))
         blocks[a] = min(_p2(sizes[a]), cap)
         room = max(1, room // blocks[a])
     n_gb = triton.cdiv(view.G, blocks["g"])
@@ -148,8 +184,16 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     tiles = triton.cdiv(view.Cg, blocks["j"]) * n_sb
     n_rb = view.N * n_gb
     tile = blocks["g"] * blocks["j"] * blocks["s"]
-    # About 16 elements per thread, between 1 and 8 warps.
-    warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(8, tile // 512))))
+    # About 16 elements per thread (8 in fp64, whose values take two registers: the
+    # per-lane Welford sums of a tile walk hold three values per element and spilled
+    # at 16), between 1 and 16 warps (16 only for the resident rows past the default
+    # tile, which need the whole SM's register file).
+    per_thread = 256 if x.dtype == torch.float64 else 512
+    if pass_ == "bwd" and view.memory_format != torch.contiguous_format and tiles > 1:
+        # A channels_last backward walk keeps x, dy, w, dw/db sums and a 64-bit offset
+        # (two registers) per element: at 16 a thread GroupNorm's spilled, at 8 not.
+        per_thread //= 2
+    warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
     split = 1
     if "split" in _overrides:
         split = _overrides["split"]
@@ -168,13 +212,26 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
                      warps, stages)
 
 
-def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int) -> int:
-    """Persistent programs of the backward: enough to fill the device, few
-    enough that their dw/db scratch stays within DWB_BUDGET."""
+def forward_programs(cfg: RowConfig, x: torch.Tensor) -> int:
+    """Persistent programs of the forward: enough to fill the device, and no more,
+    so that a program walks many row blocks and loads LayerNorm's w and b once."""
+    if "programs" in _overrides:
+        return max(1, min(cfg.n_rb, _overrides["programs"]))
+    return max(1, min(cfg.n_rb, target_programs(x)))
+
+
+def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int, w_mode: int = W_BY_ELEMENT) -> int:
+    """Persistent programs of the backward: enough to fill the device.  Where each
+    program owns a dw/db slot of the whole parameter vector (LayerNorm/RMSNorm),
+    few enough that the slots, written once and read once by column_sum, stay
+    within 1/DWB_FRACTION of the bytes of x -- but never under one program per SM."""
     if "programs" in _overrides:
         return max(1, min(cfg.n_rb, _overrides["programs"]))
     target = target_programs(x)
-    budget = max(target // 4, DWB_BUDGET // max(1, 2 * cw * cfg.SPLIT))
+    if w_mode != W_BY_ELEMENT:
+        return max(1, min(cfg.n_rb, target))
+    slot_bytes = 2 * 2 * cw * (8 if x.dtype == torch.float64 else 4)   # written + read
+    budget = max(target // 4, x.numel() * x.element_size() // (DWB_FRACTION * max(1, slot_bytes)))
     return max(1, min(cfg.n_rb, target, budget))
 
 

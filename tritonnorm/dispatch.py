@@ -44,7 +44,7 @@ def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:
 
 def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, eps,
          running=None, fixed=False):
-    grid = (cfg.n_rb, cfg.SPLIT if phase in (1, 2) else 1)
+    grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
     rm, rv, momentum, nbt = running[:4] if running is not None else (mean, mean, 0.0, None)
     rm_out, rv_out = running[4:] if running is not None and len(running) > 4 else (rm, rv)
     # Float arguments travel as fp32: momentum goes as hi + lo parts (see the kernel).
@@ -56,7 +56,8 @@ def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, e
         *_geometry(view, cfg, n_part), 0 if fixed else view.G, eps, mom_hi, mom_lo,
         PHASE=phase, CENTER=spec.center, HAS_W=weight is not None, HAS_B=bias is not None,
         W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None and phase != 1,
-        CUMULATIVE=momentum is None, ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+        CUMULATIVE=momentum is None, RESIDENT=cfg.chunk == 1, ACC=_tl(acc_dtype(x)),
+        **_blocks(cfg, n_part))
 
 
 def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
@@ -68,11 +69,12 @@ def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
 
 
 def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
-                mean=None, rstd=None, running=None, partials=None):
+                mean=None, var=None, running=None, partials=None):
     """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
 
-    * ``mean``/``rstd`` given (shape (G,), e.g. running statistics): applied as
-      constants, no statistics pass.
+    * ``mean``/``var`` given (shape (G,), e.g. running statistics): applied as
+      constants, eps and the rsqrt in the kernel, no statistics pass; the
+      returned "rstd" is then ``var`` itself, as row_backward(fixed=True) takes it.
     * ``partials`` given (shape (rows, P, 3)): the statistics are their merge.
     * ``running`` = (running_mean, running_var, momentum, num_batches_tracked
       [, new_running_mean, new_running_var]) folds the batch statistics into the
@@ -82,8 +84,8 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     cfg = config.row_config(view, x, spec.name, "fwd")
     y = _empty_like_strided(x)
     if mean is not None:
-        _fwd(3, x, y, view, spec, cfg, weight, bias, mean, rstd, mean, 1, eps, fixed=True)
-        return y, mean, rstd
+        _fwd(3, x, y, view, spec, cfg, weight, bias, mean, var, mean, 1, eps, fixed=True)
+        return y, mean, var
     mean = torch.empty(view.rows, dtype=acc, device=x.device)
     rstd = torch.empty(view.rows, dtype=acc, device=x.device)
     if partials is None and cfg.SPLIT == 1:
@@ -96,16 +98,34 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     return y, mean, rstd
 
 
+def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
+    """LayerNorm/RMSNorm rows longer than one tile: the backward's elementwise walk
+    runs tiles outside and rows inside, so dw/db stay in registers (row_norm_bwd)."""
+    return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
+
+
 def _bwd(phase, x, dy, dx, view, spec, cfg, weight, mean, rstd, part, n_part, dwb, nprog, cw,
-         count, fixed=False):
-    grid = (nprog, cfg.SPLIT if phase in (1, 2) else 1)
+         count, fixed=False, eps=0.0):
+    grid = (nprog, cfg.SPLIT if phase != 0 else 1)
     row_norm_bwd[grid](
         x, dy, dx, weight if weight is not None else x, mean, rstd, part,
         dwb if dwb is not None else rstd, *_geometry(view, cfg, n_part),
-        0 if fixed else view.G, cw, count,
+        0 if fixed else view.G, cw, count, eps,
         PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
         NEED_DWB=dwb is not None and phase != 1, W_MODE=spec.w_mode,
+        RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
         ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+
+
+def dwb_slots(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, nprog: int) -> int:
+    """Rows of the backward's dw/db scratch: one per program that owns a slot
+    (see row_norm_bwd): persistent programs (LayerNorm/RMSNorm), split programs
+    (BatchNorm), or samples x split programs (GroupNorm/InstanceNorm)."""
+    if spec.w_mode == W_BY_ELEMENT:
+        return nprog
+    if spec.w_mode == W_BY_ROW:
+        return cfg.SPLIT
+    return view.N * cfg.SPLIT
 
 
 def _param_count(view: RowView, spec: ReductionSpec, weight) -> int:
@@ -117,7 +137,7 @@ def _param_count(view: RowView, spec: ReductionSpec, weight) -> int:
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
     """Per-program (sum w*dy*xhat, sum w*dy) of every row: shape (rows, SPLIT, 2)."""
     cfg = config.row_config(view, x, spec.name, "bwd")
-    nprog = config.backward_programs(cfg, x, _param_count(view, spec, weight))
+    nprog = config.backward_programs(cfg, x, _param_count(view, spec, weight), spec.w_mode)
     part = torch.empty(view.rows, cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
     _bwd(1, x, dy, x, view, spec, cfg, weight, mean, rstd, part, cfg.SPLIT, None, nprog, 1, 1.0)
     return part
@@ -125,23 +145,26 @@ def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, r
 
 def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
                  need_dw: bool, need_db: bool, fixed: bool = False, partials=None,
-                 count: float = None):
+                 count: float = None, eps: float = 0.0):
     """Gradients (dx, dw, db) of row_forward; dw/db are None unless asked for.
 
     ``fixed`` marks statistics that are constants (running statistics): then
-    dx = w * dy * rstd.  ``partials`` (rows, P, 2) replaces the local row sums,
+    ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials`` (rows, P, 2) replaces the local row sums,
     which are then divided by ``count`` (default: the row length)."""
     cfg = config.row_config(view, x, spec.name, "bwd")
     cw = _param_count(view, spec, weight)
-    nprog = config.backward_programs(cfg, x, cw)
+    nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
     dx = _empty_like_strided(x)
     dwb = None
+    slots = dwb_slots(view, spec, cfg, nprog)
     if need_dw or need_db:
-        dwb = torch.zeros(nprog * cfg.SPLIT * 2 * cw, dtype=acc_dtype(x), device=x.device)
+        # Every element is written exactly once by the kernel: no zero fill.
+        dwb = torch.empty(slots * 2 * cw, dtype=acc_dtype(x), device=x.device)
     count = float(view.Cg * view.S) if count is None else count
     if fixed:
-        _bwd(3, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count, True)
-    elif partials is None and cfg.SPLIT == 1:
+        _bwd(3, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count, True,
+             eps)
+    elif partials is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
         _bwd(0, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count)
     else:
         if partials is None:
@@ -151,7 +174,7 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     dw = db = None
     if dwb is not None:
         pdtype = weight.dtype if weight is not None else x.dtype
-        dw, db = column_sums(dwb.view(nprog * cfg.SPLIT, 2 * cw), pdtype, cw)
+        dw, db = column_sums(dwb.view(slots, 2 * cw), pdtype, cw)
         dw = dw if need_dw else None
         db = db if need_db else None
     return dx, dw, db

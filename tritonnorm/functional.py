@@ -154,7 +154,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                 "Expected running_mean and running_var to be defined when use_input_stats is false")
         _check_vector("running_mean", running_mean, c, input)
         _check_vector("running_var", running_var, c, input)
-        stats = (running_mean.detach().contiguous(), torch.rsqrt(running_var.detach() + eps))
+        stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
         y, _, _ = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
         return y
     y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps)
@@ -222,7 +222,7 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     if not training:
         if running_mean is None:
             raise RuntimeError("running_mean must be defined in evaluation mode")
-        stats = (running_mean.detach().contiguous(), torch.rsqrt(running_var.detach() + eps))
+        stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
         y, _, _ = row_norm(xv, weight, bias, view, BATCH, eps, stats)
         return y
     running = None

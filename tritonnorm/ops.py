@@ -27,11 +27,12 @@ def _view(geom: List[int], fmt: int) -> RowView:
 @torch.library.custom_op("tritonnorm::norm_fwd", mutates_args=())
 def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: List[int],
              fmt: int, spec: int, eps: float, stat_mean: Optional[Tensor],
-             stat_rstd: Optional[Tensor], running_mean: Optional[Tensor],
+             stat_var: Optional[Tensor], running_mean: Optional[Tensor],
              running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
              momentum: Optional[float]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, mean, rstd, new_running_mean, new_running_var).  mean/rstd are empty
-    when stat_mean/stat_rstd are given; the new running stats are empty unless
+    when stat_mean/stat_var (constant statistics: a mean and a variance, eps
+    added in the kernel) are given; the new running stats are empty unless
     running_mean/running_var are."""
     running = None
     new_rm, new_rv = x.new_empty(0), x.new_empty(0)
@@ -39,7 +40,7 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
         new_rm, new_rv = torch.empty_like(running_mean), torch.empty_like(running_var)
         running = (running_mean, running_var, momentum, num_batches_tracked, new_rm, new_rv)
     y, mean, rstd = row_forward(x, _view(geom, fmt), SPECS[spec], weight, bias, eps,
-                                stat_mean, stat_rstd, running)
+                                stat_mean, stat_var, running)
     if stat_mean is not None:
         mean = x.new_empty(0, dtype=acc_dtype(x))
         rstd = x.new_empty(0, dtype=acc_dtype(x))
@@ -47,7 +48,7 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
 
 
 @norm_fwd.register_fake
-def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_rstd, running_mean, running_var,
+def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_var, running_mean, running_var,
       num_batches_tracked, momentum):
     rows = 0 if stat_mean is not None else geom[0] * geom[1]
     y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
@@ -60,15 +61,16 @@ def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_rstd, running_mean,
 @torch.library.custom_op("tritonnorm::norm_bwd", mutates_args=())
 def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
              geom: List[int], fmt: int, spec: int, fixed: bool, need_dw: bool,
-             need_db: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """(dx, dw, db); dw/db are empty when not asked for."""
+             need_db: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db); dw/db are empty when not asked for.  With ``fixed``, rstd
+    holds the given variance."""
     dx, dw, db = row_backward(x, dy, _view(geom, fmt), SPECS[spec], weight, mean, rstd,
-                              need_dw, need_db, fixed)
+                              need_dw, need_db, fixed, eps=eps)
     return dx, x.new_empty(0) if dw is None else dw, x.new_empty(0) if db is None else db
 
 
 @norm_bwd.register_fake
-def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db):
+def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db, eps):
     dx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
     pdtype = weight.dtype if weight is not None else x.dtype
     cw = weight.numel() if weight is not None else 0
@@ -78,22 +80,26 @@ def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, geom, fmt, spec, _, stat_mean, stat_rstd = inputs[:9]
+    x, weight, bias, geom, fmt, spec, _, stat_mean, stat_var = inputs[:9]
     _, mean, rstd, _, _ = output
     ctx.mark_non_differentiable(*output[1:])
+    # The statistics outputs never get a gradient: no zero tensors materialised for them.
+    ctx.set_materialize_grads(False)
     fixed = stat_mean is not None
-    ctx.save_for_backward(x, weight, stat_mean if fixed else mean, stat_rstd if fixed else rstd)
-    ctx.geom, ctx.fmt, ctx.spec, ctx.fixed = geom, fmt, spec, fixed
+    ctx.save_for_backward(x, weight, stat_mean if fixed else mean, stat_var if fixed else rstd)
+    ctx.geom, ctx.fmt, ctx.spec, ctx.fixed, ctx.eps = geom, fmt, spec, fixed, inputs[6]
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
 def _backward(ctx, dy, *_):
     x, weight, mean, rstd = ctx.saved_tensors
+    if dy is None:  # y took no part in the loss
+        return (None,) * 13
     need_dw = ctx.has_weight and ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
     dy = match_layout(dy, _view(ctx.geom, ctx.fmt))
     dx, dw, db = norm_bwd(dy, x, weight, mean, rstd, ctx.geom, ctx.fmt, ctx.spec, ctx.fixed,
-                          need_dw, need_db)
+                          need_dw, need_db, ctx.eps)
     return (dx if ctx.needs_input_grad[0] else None, dw if need_dw else None,
             db if need_db else None) + (None,) * 10
 
@@ -101,18 +107,57 @@ def _backward(ctx, dy, *_):
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None):
-    """Apply the row norm through the custom ops; returns (y, mean, rstd).
+class EagerNorm(torch.autograd.Function):
+    """The eager path: the same launcher as the custom ops (dispatch.row_forward /
+    row_backward), without their dispatch cost, and with the running statistics
+    updated in place by the kernel -- no copy."""
 
-    ``stats`` (mean, rstd) are constants to apply (running statistics in eval);
+    @staticmethod
+    def forward(ctx, x, weight, bias, view, spec, eps, stats, running):
+        mean, var = stats if stats is not None else (None, None)
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running)
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.view, ctx.spec, ctx.eps, ctx.fixed = view, spec, eps, stats is not None
+        ctx.has_bias = bias is not None
+        return y, mean, rstd
+
+    @staticmethod
+    def backward(ctx, dy, *_):
+        if dy is None:  # y took no part in the loss
+            return (None,) * 8
+        x, weight, mean, rstd = ctx.saved_tensors
+        need_dw = weight is not None and ctx.needs_input_grad[1]
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        dx, dw, db = row_backward(x, match_layout(dy, ctx.view), ctx.view, ctx.spec, weight, mean,
+                                  rstd, need_dw, need_db, ctx.fixed, eps=ctx.eps)
+        return (dx if ctx.needs_input_grad[0] else None, dw, db) + (None,) * 5
+
+
+def eager(x: Tensor) -> bool:
+    """True outside tracing: no torch.compile/export, no fake or proxy dispatch mode."""
+    return (not torch.compiler.is_compiling()
+            and torch.utils._python_dispatch._get_current_dispatch_mode() is None
+            and type(x) in (torch.Tensor, torch.nn.Parameter))
+
+
+def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None):
+    """Apply the row norm; returns (y, mean, rstd).
+
+    ``stats`` (mean, var) are constants to apply (running statistics in eval);
     ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
-    are updated with the batch statistics (momentum None: cumulative average)."""
+    are updated with the batch statistics (momentum None: cumulative average).
+    Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
+    update is functional plus a traced copy_."""
+    if eager(x):
+        return EagerNorm.apply(x, weight, bias, view, spec, eps, stats, running)
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
-    stat_mean, stat_rstd = stats if stats is not None else (None, None)
+    stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
     y, mean, rstd, new_rm, new_rv = norm_fwd(
         x, weight, bias, geom, FORMATS.index(view.memory_format), SPECS.index(spec), float(eps),
-        stat_mean, stat_rstd, rm, rv, nbt, None if momentum is None else float(momentum))
+        stat_mean, stat_var, rm, rv, nbt, None if momentum is None else float(momentum))
     if rm is not None:
         with torch.no_grad():
             rm.copy_(new_rm)

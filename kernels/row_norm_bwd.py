@@ -1,0 +1,244 @@
+"""Backward kernel of every norm (the forward and the constexprs: row_norm.py).
+
+dw/db never take a read-modify-write trip through memory: each program keeps
+them in registers and stores each parameter's sum once, into a scratch slot no
+other program writes, which column_sum (reduce.py) then adds up in a fixed
+order -- no atomics, so results are deterministic.  The slot of a program:
+
+* W_MODE 1 (LayerNorm/RMSNorm): its persistent index ``pid``; every row block it
+  walks shares the same j range, so sums run across rows in registers;
+* W_MODE 2 (BatchNorm): its split index ``p``; each row (channel) is one sum;
+* W_MODE 0 (GroupNorm/InstanceNorm): ``n * SPLIT + p``; each channel of the row
+  block gets its sum when the walk leaves that channel's j block.
+"""
+import triton
+import triton.language as tl
+
+from .row_norm import _chunk, _param_index, _tile_j
+from .tiles import div, row_block, rsqrt, sum_js, tile_offsets
+
+
+@triton.jit
+def _store_dwb(DWB_ptr, slot, Cw, idx, mask, pw, pb):
+    base = DWB_ptr + slot.to(tl.int64) * 2 * Cw
+    tl.store(base + idx, pw, mask=mask)
+    tl.store(base + Cw + idx, pb, mask=mask)
+
+
+@triton.jit
+def _channels(g0, jb, Cg, G, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr):
+    """[BLOCK_G, BLOCK_J] channel indices g * Cg + j of j block jb, and their mask."""
+    g = g0 + tl.arange(0, BLOCK_G)[:, None]
+    j = jb * BLOCK_J + tl.arange(0, BLOCK_J)[None, :]
+    return g * Cg + j, (g < G) & (j < Cg)
+
+
+@triton.jit
+def _weight(W_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr):
+    widx, wmask = _param_index(g, j, Cg, G, W_MODE)
+    if HAS_W:
+        return tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
+    else:
+        return tl.full(widx.shape, 1.0, ACC)
+
+
+@triton.jit
+def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE: tl.constexpr,
+          HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr,
+          BLOCK_S: tl.constexpr):
+    """Tile t of the rows: its offsets, mask, g and j, and x, dy and w in ACC."""
+    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                    BLOCK_G, BLOCK_J, BLOCK_S)
+    x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+    dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+    return offs, mask, g, j, x, dy, _weight(W_ptr, g, j, Cg, G, W_MODE, HAS_W, ACC)
+
+
+@triton.jit
+def _given_sums(Part_ptr, r, rmask, n_part, PHASE: tl.constexpr, ACC: tl.constexpr,
+                BLOCK_G: tl.constexpr, BLOCK_PART: tl.constexpr):
+    """Row sums (sum w*dy*xhat, sum w*dy) from n_part partials (PHASE 2), or 0
+    for constant statistics (PHASE 3), through which nothing flows back."""
+    if PHASE == 2:
+        i = tl.arange(0, BLOCK_PART)[None, :]
+        pm = rmask[:, None] & (i < n_part)
+        base = Part_ptr + (r[:, None] * n_part + i) * 2
+        a1 = tl.sum(tl.load(base, mask=pm, other=0.0).to(ACC), axis=1)
+        a2 = tl.sum(tl.load(base + 1, mask=pm, other=0.0).to(ACC), axis=1)
+    else:
+        a1 = tl.zeros([BLOCK_G], ACC)
+        a2 = tl.zeros([BLOCK_G], ACC)
+    return a1, a2
+
+
+@triton.jit
+def _rstd(Rstd_ptr, rs, rmask, eps, PHASE: tl.constexpr, ACC: tl.constexpr):
+    """[BLOCK_G, 1, 1] rstd of the rows: saved, or from the given variance (PHASE 3)."""
+    v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
+    if PHASE == 3:
+        v = rsqrt(v + eps)
+    return v[:, None, None]
+
+
+@triton.jit
+def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr):
+    """(dx, xhat) of one tile; mean/rstd/c1/c2 are [BLOCK_G, 1, 1]."""
+    xhat = (x - mean) * rstd if CENTER else x * rstd
+    dx = w * dy - xhat * c1
+    if CENTER:
+        dx = dx - c2
+    return dx * rstd, xhat
+
+
+@triton.jit
+def row_norm_bwd(
+    X_ptr,     # shape (N, G, Cg, S), strided
+    DY_ptr,    # shape (N, G, Cg, S), same strides as X
+    DX_ptr,    # shape (N, G, Cg, S), same strides as X
+    W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
+    Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
+    Rstd_ptr,  # shape (N * G,); in PHASE 3 the given variance
+    Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
+    DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once
+    G, Cg, S, sN, sG, sJ, sS,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M, eps,
+    PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
+    NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, RESIDENT: tl.constexpr,
+    TILE_OUTER: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_PART: tl.constexpr,
+):
+    """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
+
+    With xhat = (x - mean) * rstd (CENTER) or x * rstd (RMS), and wdy = w * dy:
+
+        dx = rstd * (wdy - mean(wdy) - xhat * mean(wdy * xhat))     (CENTER)
+        dx = rstd * (wdy - xhat * mean(wdy * xhat))                  (RMS)
+        dw[c] = sum over (n, s) of dy * xhat,   db[c] = sum of dy
+
+    The two row means come from the resident tile or a first walk over the row
+    (PHASE 0), from n_part partials (PHASE 2), or are 0 when the statistics are
+    constants (PHASE 3: dx = rstd * wdy).  TILE_OUTER (LayerNorm/RMSNorm rows
+    longer than a tile, row sums given) swaps the loops, tiles outside and
+    rows inside, so a tile's dw/db sum over all of the program's rows stays in
+    registers."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    p = tl.program_id(1)
+    t0, t1 = _chunk(T, chunk, PHASE)
+    if TILE_OUTER:
+        for t in range(t0, t1):
+            jv = _tile_j(t, nSB, BLOCK_J)
+            w = _weight(W_ptr, 0, jv, Cg, G, W_MODE, HAS_W, ACC)
+            lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+            lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+            for rb in range(pid, n_rb, nprog):
+                n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
+                mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
+                rstd = _rstd(Rstd_ptr, rs, rmask, eps, PHASE, ACC)
+                a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
+                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                BLOCK_G, BLOCK_J, BLOCK_S)
+                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+                dx, xhat = _dx(x, dy, w, mean, rstd, div(a1, tl.zeros_like(a1) + M)[:, None, None],
+                               div(a2, tl.zeros_like(a2) + M)[:, None, None], CENTER)
+                tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+                lw += dy * xhat
+                lb += dy
+            if NEED_DWB:
+                jr = (t // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)
+                _store_dwb(DWB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(lw, axis=2), axis=0),
+                           tl.sum(tl.sum(lb, axis=2), axis=0))
+    else:
+        if RESIDENT and W_MODE == 1:
+            w = _weight(W_ptr, 0, _tile_j(t0, nSB, BLOCK_J), Cg, G, W_MODE, HAS_W, ACC)
+            rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+            rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+        for rb in range(pid, n_rb, nprog):
+            n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
+            mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
+            rstd = _rstd(Rstd_ptr, rs, rmask, eps, PHASE, ACC)
+            if RESIDENT:
+                if W_MODE == 1:
+                    offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S)
+                    x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                    dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+                else:
+                    offs, mask, g, j, x, dy, w = _tile(
+                        X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
+                        HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                xhat = (x - mean) * rstd if CENTER else x * rstd
+            if PHASE == 2 or PHASE == 3:
+                a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
+            elif RESIDENT:
+                a1 = sum_js(w * dy * xhat)
+                a2 = sum_js(w * dy)
+            else:
+                l1 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                l2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                for t in range(t0, t1):
+                    offs, mask, g, j, xt, dy, w = _tile(
+                        X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
+                        HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                    l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
+                    l2 += w * dy
+                a1 = sum_js(l1)
+                a2 = sum_js(l2)
+            if PHASE == 1:
+                base = Part_ptr + (r * n_part + p) * 2
+                tl.store(base, a1, mask=rmask)
+                tl.store(base + 1, a2, mask=rmask)
+            else:
+                c1 = div(a1, tl.zeros_like(a1) + M)[:, None, None]
+                c2 = div(a2, tl.zeros_like(a2) + M)[:, None, None]
+                if RESIDENT:
+                    dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
+                    tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+                    if NEED_DWB:
+                        if W_MODE == 1:
+                            rw += dy * xhat
+                            rbias += dy
+                        elif W_MODE == 2:
+                            _store_dwb(DWB_ptr, p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
+                                       sum_js(dy * xhat), sum_js(dy))
+                        else:
+                            cidx, cmask = _channels(g0, t0 // nSB, Cg, G, BLOCK_G, BLOCK_J)
+                            _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask,
+                                       tl.sum(dy * xhat, axis=2), tl.sum(dy, axis=2))
+                else:
+                    lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                    lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                    for t in range(t0, t1):
+                        offs, mask, g, j, xt, dy, w = _tile(
+                            X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
+                            HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
+                        tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+                        if NEED_DWB:
+                            lw += dy * xhat
+                            lb += dy
+                            if W_MODE == 0:
+                                # Leaving this j block (or the chunk): its channels are done.
+                                sb = t - (t // nSB) * nSB
+                                if (sb == nSB - 1) | (t == t1 - 1):
+                                    cidx, cmask = _channels(g0, t // nSB, Cg, G, BLOCK_G, BLOCK_J)
+                                    _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask,
+                                               tl.sum(lw, axis=2), tl.sum(lb, axis=2))
+                                    lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                                    lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                    if NEED_DWB and W_MODE == 2:
+                        _store_dwb(DWB_ptr, p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
+                                   sum_js(lw), sum_js(lb))
+                if NEED_DWB and W_MODE == 0 and SPLIT > 1:
+                    # Channels outside this program's chunk get their zero from it.
+                    for jb in range(0, T // nSB):
+                        if (jb < t0 // nSB) | (jb > (t1 - 1) // nSB):
+                            cidx, cmask = _channels(g0, jb, Cg, G, BLOCK_G, BLOCK_J)
+                            zero = tl.zeros([BLOCK_G, BLOCK_J], ACC)
+                            _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask, zero, zero)
+        if RESIDENT and W_MODE == 1 and NEED_DWB:
+            jr = (t0 // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)
+            _store_dwb(DWB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(rw, axis=2), axis=0),
+                       tl.sum(tl.sum(rbias, axis=2), axis=0))
