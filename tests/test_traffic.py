@@ -1,0 +1,99 @@
+"""Bytes and launches per pass stay near the minimum (perf/traffic.py counts them
+under the interpreter, with the launch configs of a GPU of PLAN_SMS SMs).
+
+Minimal bytes, S = bytes of x: forward 2S, backward 3S; a BatchNorm training
+pass reads x twice by necessity (the batch does not fit on chip): 3S and 5S.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tritonnorm
+from tritonnorm import _runtime, config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+import traffic  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not _runtime.INTERPRET, reason="counts loads under the interpreter")
+
+# A 2-SM plan: 8 persistent programs, so the cases below have the rows per program
+# of a real model on a 132-SM GPU (16: 128 rows here ~ 8192 tokens there).
+PLAN_SMS = 2
+
+# (case, module, shape, dtype, channels_last, training,
+#  {pass: (max launches, max issued / minimal)})
+CASES = [
+    ("LayerNorm on-chip rows", lambda: tritonnorm.LayerNorm(1024), (128, 1024), torch.float32,
+     False, True, {"fwd": (1, 1.10), "bwd": (2, 1.20)}),
+    ("RMSNorm on-chip rows bf16", lambda: tritonnorm.RMSNorm(1024), (128, 1024), torch.bfloat16,
+     False, True, {"fwd": (1, 1.10), "bwd": (2, 1.20)}),
+    ("GroupNorm on-chip rows", lambda: tritonnorm.GroupNorm(8, 32), (4, 32, 16, 16), torch.float32,
+     False, True, {"fwd": (1, 1.10), "bwd": (2, 1.20)}),
+    ("InstanceNorm on-chip rows", lambda: tritonnorm.InstanceNorm2d(16, affine=True),
+     (2, 16, 16, 16), torch.float32, False, True, {"fwd": (1, 1.10), "bwd": (2, 1.20)}),
+    ("BatchNorm training NCHW", lambda: tritonnorm.BatchNorm2d(8), (8, 8, 16, 16), torch.float32,
+     False, True, {"fwd": (2, 1.05), "bwd": (3, 1.05)}),
+    ("BatchNorm training channels_last", lambda: tritonnorm.BatchNorm2d(8), (8, 8, 16, 16),
+     torch.float32, True, True, {"fwd": (2, 1.05), "bwd": (3, 1.05)}),
+    ("BatchNorm eval", lambda: tritonnorm.BatchNorm2d(8), (8, 8, 16, 16), torch.float32,
+     False, False, {"fwd": (1, 1.05)}),
+]
+# The one torch-side kernel a step may run: torch's own `num_batches_tracked += 1`.
+ALLOWED_TORCH = {"add_"}
+
+
+@pytest.fixture
+def plan(monkeypatch):
+    monkeypatch.setattr(_runtime, "PLAN_SMS", PLAN_SMS)
+    config.clear_cache()
+    yield
+    config.clear_cache()
+
+
+def _passes(make, shape, dtype, channels_last, training):
+    torch.manual_seed(0)
+    m = make().to(dtype).train(training)
+    x = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(training)
+    out = {}
+    y = []
+    out["fwd"] = traffic.measure(lambda: y.append(m(x)))
+    if training:
+        dy = torch.randn_like(y[0])
+        out["bwd"] = traffic.measure(lambda: y[0].backward(dy))
+    return out, x.numel() * x.element_size()
+
+
+@pytest.mark.parametrize("case,make,shape,dtype,cl,training,bounds", CASES, ids=[c[0] for c in CASES])
+def test_bytes_and_launches_near_the_minimum(plan, case, make, shape, dtype, cl, training, bounds):
+    counts, s = _passes(make, shape, dtype, cl, training)
+    batch = "BatchNorm training" in case
+    minimal = {"fwd": (3 if batch else 2) * s, "bwd": (5 if batch else 3) * s}
+    for pass_, (launches, ratio) in bounds.items():
+        c = counts[pass_]
+        assert 1 <= c["launches"] <= launches, f"{pass_}: {c['launches']} launches"
+        # The counter saw the pass: at least x read and the result written, once each.
+        assert c["distinct"] >= 0.99 * (2 if pass_ == "fwd" else 3) * s
+        issued = (c["issued"] + c["torch_bytes"]) / minimal[pass_]
+        assert issued <= ratio, f"{pass_}: {issued:.3f} x the minimal bytes"
+        assert set(c["torch"]) <= ALLOWED_TORCH, f"{pass_}: torch-side kernels {c['torch']}"
+        assert c["sectors"] <= 1.3 * c["issued"], f"{pass_}: uncoalesced, {c['sectors'] / c['issued']:.2f}"
+
+
+def test_channels_last_group_norm_is_coalesced(plan):
+    """Cg x itemsize = 8 bytes: a tile spans enough groups to fill whole sectors."""
+    counts, _ = _passes(lambda: tritonnorm.GroupNorm(16, 32), (2, 32, 8, 8), torch.float32,
+                        True, True)
+    for pass_, c in counts.items():
+        assert c["sectors"] <= 1.3 * c["issued"], f"{pass_}: {c['sectors'] / c['issued']:.2f}"
+
+
+def test_the_counter_sees_a_plain_copy():
+    """The counter itself: a torch copy_ counts as a torch-side kernel, nothing as a launch."""
+    x = torch.randn(16)
+    c = traffic.measure(lambda: torch.empty_like(x).copy_(x))
+    assert c["launches"] == 0 and c["torch"] == ["copy_"]
