@@ -22,6 +22,15 @@ export PYTHONUNBUFFERED=1
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
+# Peers to compare with that the GPU image lacks travel as wheels in .whl/ (liger-kernel
+# is pure Python: `pip download --no-deps liger-kernel -d .whl` here, carry .whl there).
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -3
+fi
+# Stage limits (s), to fit what is left of a session's device time.
+TESTS_S=${TESTS_S:-200}; SWEEP_BUDGET_S=${SWEEP_BUDGET_S:-110}; MODELS_S=${MODELS_S:-130}
+# Norm order of the sweep: a sweep cut by its budget covers the first ones best.
+NORMS=${NORMS:-"layer rms group instance batch syncbatch"}
 status=0
 stage() {  # stage NAME TIMEOUT_S LOG COMMAND...: run, log, record the exit status
   local name=$1 limit=$2 log=$3; shift 3
@@ -33,13 +42,14 @@ stage() {  # stage NAME TIMEOUT_S LOG COMMAND...: run, log, record the exit stat
 }
 if [[ $STAGES == *tests* ]]; then
   # 16 CPU cores compile kernels in parallel, 12 workers; slow-marked tests stay out (as on CI).
-  stage tests 200 pytest.txt python3 -m pytest -q -n 12 --durations=15
+  stage tests "$TESTS_S" pytest.txt python3 -m pytest -q -n 12 --durations=15
 fi
 if [[ $STAGES == *bench* ]]; then
   # The sweep stops starting new cases after --budget-s; it measures the first shape
   # of every norm before the second of any, so a cut sweep still covers every norm.
-  stage sweep 150 bench.txt python3 -m tritonnorm bench --suite sweep --budget-s 110 --out "$OUT/bench"
-  stage models 130 bench.txt python3 -m tritonnorm bench --suite models --dtype bfloat16 --out "$OUT/bench"
+  stage sweep $((SWEEP_BUDGET_S + 40)) bench.txt python3 -m tritonnorm bench --suite sweep \
+    --budget-s "$SWEEP_BUDGET_S" $(printf -- "--norm %s " $NORMS) --out "$OUT/bench"
+  stage models "$MODELS_S" bench.txt python3 -m tritonnorm bench --suite models --dtype bfloat16 --out "$OUT/bench"
   tar czf "$OUT/bench.tgz" -C "$OUT/bench" . && rm -rf "$OUT/bench"
 fi
 if [[ $STAGES == *tune* ]]; then

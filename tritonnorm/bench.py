@@ -1,5 +1,5 @@
 """`tritonnorm bench`: throughput of every norm against torch eager, torch.compile,
-apex (where importable) and the device-to-device copy roofline.
+apex and liger-kernel (where importable) and the device-to-device copy roofline.
 
 GB/s counts the minimal bytes a pass must move, per element of x (E bytes each):
   forward   read x, write y                      2 E
@@ -86,6 +86,23 @@ def _apex_layer(norm, shape):
     return None
 
 
+def _liger_layer(norm, shape):
+    """liger-kernel's Triton layer for this norm, or None (absent, or none for the norm)."""
+    try:
+        if norm == "layer":
+            from liger_kernel.transformers.layer_norm import LigerLayerNorm
+            return LigerLayerNorm(shape[-1], eps=1e-5, bias=True)
+        if norm == "rms":
+            from liger_kernel.transformers.rms_norm import LigerRMSNorm
+            return LigerRMSNorm(shape[-1], eps=torch.finfo(torch.float32).eps)
+        if norm == "group":
+            from liger_kernel.transformers.group_norm import LigerGroupNorm
+            return LigerGroupNorm(shape[1], min(32, shape[1]), eps=1e-5, bias=True)
+    except ImportError:
+        return None
+    return None
+
+
 def _providers(on_gpu: bool):
     """name -> (norm, shape) -> layer or None."""
     def ours(norm, shape):
@@ -106,6 +123,8 @@ def _providers(on_gpu: bool):
         out["torch.compile"] = compiled
         if _apex_layer("layer", (1, 8)) is not None:
             out["apex"] = _apex_layer
+        if _liger_layer("layer", (1, 8)) is not None:
+            out["liger"] = _liger_layer
     return out
 
 
