@@ -22,8 +22,12 @@ import contextlib
 import os
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("TRITONNORM_PLAN_SMS", "8")
+if __name__ == "__main__":
+    # Run as a script: the interpreter, a GPU's plan.  Imported (tests/test_traffic.py)
+    # it leaves the environment alone: setting TRITON_INTERPRET in a GPU process would
+    # turn every kernel defined later (torch.compile's too) into an interpreted one.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("TRITONNORM_PLAN_SMS", "8")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

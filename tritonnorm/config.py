@@ -169,6 +169,12 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
         blocks["j"], blocks["s"] = _p2(view.Cg), _p2(view.S)
         order = ["g"]
     room = max(1, max_tile // (blocks["j"] * blocks["s"]))
+    if spec_name in ("layer_norm", "rms_norm") and 1 < view.rows <= 8 and row * min_g > max_tile:
+        # A few long LayerNorm rows: weight and bias are as large as a row, so a tile
+        # spans all the rows and each parameter tile is loaded once, not once a row.
+        blocks["g"] = _p2(view.rows)
+        room = max(1, room // blocks["g"])
+        order = [a for a in order if a != "g"]
     for a in order:
         cap = room
         if a == "g":
@@ -224,14 +230,16 @@ def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int, w_mode: int = W_
     """Persistent programs of the backward: enough to fill the device.  Where each
     program owns a dw/db slot of the whole parameter vector (LayerNorm/RMSNorm),
     few enough that the slots, written once and read once by column_sum, stay
-    within 1/DWB_FRACTION of the bytes of x -- but never under one program per SM."""
+    within 1/DWB_FRACTION of the bytes of x -- but never under one program per SM,
+    counting the SPLIT programs that share each row."""
     if "programs" in _overrides:
         return max(1, min(cfg.n_rb, _overrides["programs"]))
     target = target_programs(x)
     if w_mode != W_BY_ELEMENT:
         return max(1, min(cfg.n_rb, target))
     slot_bytes = 2 * 2 * cw * (8 if x.dtype == torch.float64 else 4)   # written + read
-    budget = max(target // 4, x.numel() * x.element_size() // (DWB_FRACTION * max(1, slot_bytes)))
+    floor = triton.cdiv(max(1, target // 4), cfg.SPLIT)
+    budget = max(floor, x.numel() * x.element_size() // (DWB_FRACTION * max(1, slot_bytes)))
     return max(1, min(cfg.n_rb, target, budget))
 
 
