@@ -97,3 +97,15 @@ def test_the_counter_sees_a_plain_copy():
     x = torch.randn(16)
     c = traffic.measure(lambda: torch.empty_like(x).copy_(x))
     assert c["launches"] == 0 and c["torch"] == ["copy_"]
+
+
+@pytest.mark.parametrize("norm,shape,dtype", [
+    ("layer_norm", (64, 16384), torch.float32), ("rms_norm", (64, 16384), torch.bfloat16),
+    ("layer_norm", (64, 768), torch.bfloat16), ("group_norm", (2, 64, 32, 32), torch.float32)])
+def test_forward_rows_up_to_16384_are_loaded_once(plan, norm, shape, dtype):
+    """Contiguous rows up to the resident budget are one tile per program (RESIDENT)."""
+    from tritonnorm.spec import channel_layout, row_layout
+    x = torch.empty(shape, dtype=dtype)
+    _, view = channel_layout(x, 8) if norm == "group_norm" else row_layout(x, shape[-1])
+    cfg = config.row_config(view, x, norm, "fwd")
+    assert cfg.chunk == 1 and cfg.BLOCK_J * cfg.BLOCK_S >= view.Cg * view.S

@@ -156,7 +156,8 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     min_g = min(_p2(view.G), _coalescing_rows(view, order, x.element_size()))
     row = _p2(view.Cg) * _p2(view.S)   # the tile that holds one whole row
     if not {"max_tile"} & (_overrides.keys() | tuned.keys()):
-        contiguous_rows = view.sS == 1 and view.sJ == view.S   # affine 32-bit-friendly addresses
+        # Rows that are one contiguous run (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm).
+        contiguous_rows = (view.S == 1 and view.sJ == 1) or (view.sS == 1 and view.sJ == view.S)
         resident = RESIDENT_MAX["fwd" if pass_ == "fwd" and contiguous_rows else "bwd"]
         resident //= 4 if x.dtype == torch.float64 else 1
         if max_tile < row * min_g <= resident:
