@@ -88,15 +88,20 @@ def _tile_j(t, nSB, BLOCK_J: tl.constexpr):
 
 @triton.jit
 def _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
-                 HAS_B: tl.constexpr, ACC: tl.constexpr):
-    """The tile's weight and bias (1 and 0 when absent), in ACC."""
+                 HAS_B: tl.constexpr, ACC: tl.constexpr, RAW: tl.constexpr = False):
+    """The tile's weight and bias (1 and 0 when absent), in ACC -- or, with RAW, in
+    their own dtype (a bf16 tile held across rows takes half the registers)."""
     widx, wmask = _param_index(g, j, Cg, G, W_MODE)
     w = tl.full(widx.shape, 1.0, ACC)
     b = tl.zeros(widx.shape, ACC)
     if HAS_W:
-        w = tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
+        w = tl.load(W_ptr + widx, mask=wmask, other=0.0)
+        if not RAW:
+            w = w.to(ACC)
     if HAS_B:
-        b = tl.load(B_ptr + widx, mask=wmask, other=0.0).to(ACC)
+        b = tl.load(B_ptr + widx, mask=wmask, other=0.0)
+        if not RAW:
+            b = b.to(ACC)
     return w, b
 
 
@@ -148,11 +153,12 @@ def row_norm_fwd(
     p = tl.program_id(1)
     t0, t1 = _chunk(T, chunk, PHASE)
     # LayerNorm/RMSNorm: every row block of this program shares one j range, so w
-    # and b are loaded once -- up to 8192 elements: past that, x, w and b together
-    # would pass the 128 registers a thread has at 16 warps and spill.
+    # and b are loaded once, held in their own dtype -- up to 8192 elements: past
+    # that, x, w and b together pass the 128 registers a thread has at 16 warps and
+    # spill (16384 spilled even with bf16 w and b, perf/compile_check.py).
     if RESIDENT and W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
         w_res, b_res = _load_params(W_ptr, B_ptr, 0, _tile_j(t0, nSB, BLOCK_J), Cg, G, W_MODE,
-                                    HAS_W, HAS_B, ACC)
+                                    HAS_W, HAS_B, ACC, True)
     for rb in range(pid, n_rb, nprog):
         n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
         if RESIDENT:
@@ -199,7 +205,7 @@ def row_norm_fwd(
             rstd3 = rstd[:, None, None]
             if RESIDENT:
                 if W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
-                    w, b = w_res, b_res
+                    w, b = w_res.to(ACC), b_res.to(ACC)
                 else:
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
                 y = (x - mean3) * rstd3 * w + b
