@@ -158,10 +158,16 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     if not {"max_tile"} & (_overrides.keys() | tuned.keys()):
         # Rows that are one contiguous run (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm).
         contiguous_rows = (view.S == 1 and view.sJ == 1) or (view.sS == 1 and view.sJ == view.S)
-        resident = RESIDENT_MAX["fwd" if pass_ == "fwd" and contiguous_rows else "bwd"]
+        wide = contiguous_rows and (pass_ == "fwd" or spec_name not in ("layer_norm", "rms_norm"))
+        resident = RESIDENT_MAX["fwd" if wide else "bwd"]
         resident //= 4 if x.dtype == torch.float64 else 1
         if max_tile < row * min_g <= resident:
             max_tile = row * min_g   # whole rows in one tile: loaded once (see RESIDENT_MAX)
+        elif row * min_g > max_tile and pass_ == "bwd" and not contiguous_rows:
+            # A strided backward walk keeps x, dy, w, the dw/db sums and a 64-bit offset
+            # (two registers) per element: a 4096-element channels_last GroupNorm tile
+            # spilled at 16 and at 8 elements a thread (16 warps); 2048 over 8 warps do not.
+            max_tile //= 2
     target = _overrides.get("programs", target_programs(x))
     target *= _overrides.get("split_scale", tuned.get("split_scale", 1))
     blocks = {"g": 1, "j": 1, "s": 1}
@@ -197,9 +203,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     # tile, which need the whole SM's register file).
     per_thread = 256 if x.dtype == torch.float64 else 512
     if pass_ == "bwd" and view.memory_format != torch.contiguous_format and tiles > 1:
-        # A channels_last backward walk keeps x, dy, w, dw/db sums and a 64-bit offset
-        # (two registers) per element: at 16 a thread GroupNorm's spilled, at 8 not.
-        per_thread //= 2
+        per_thread //= 2   # 8 elements a thread in a strided backward walk (see above)
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
     split = 1
     if "split" in _overrides:
