@@ -29,13 +29,14 @@ MAX_SPLIT = 256
 DWB_FRACTION = 32
 # Rows up to this many elements are kept whole in registers (RESIDENT), loaded once
 # per pass, over at most 16 warps (128 registers a thread in a 64K-register SM).
-# A forward over contiguous rows (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm)
-# holds x and affine addresses: 16384 fp32 compile to ~110 registers.  Every other
-# pass holds more per element (x and dy, the dw/db sums, or the 64-bit offsets of a
-# strided channels_last view, two registers each): 16384 of them spilled there, 8192 do not
-# (perf/compile_check.py).  fp64 values take two registers and the fp64 tile runs
+# "wide": contiguous rows (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm) have affine
+# addresses; their forward, and the GroupNorm/InstanceNorm backward (x, dy and a
+# per-channel w), compile for 16384 fp32 elements without spilling.  "narrow": the
+# LayerNorm/RMSNorm backward also holds row-wide dw/db sums, and strided channels_last
+# views a 64-bit offset (two registers) per element: 16384 of them spilled, 8192 do
+# not (perf/compile_check.py).  fp64 values take two registers and the fp64 tile runs
 # twice the warps: a quarter.
-RESIDENT_MAX = {"fwd": 16384, "bwd": 8192}
+RESIDENT_MAX = {"wide": 16384, "narrow": 8192}
 
 # Partials (count, mean, M2) per thread that the split merge may load at once:
 # 16 triples are 48 registers, as much as the tile itself holds.
@@ -159,7 +160,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
         # Rows that are one contiguous run (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm).
         contiguous_rows = (view.S == 1 and view.sJ == 1) or (view.sS == 1 and view.sJ == view.S)
         wide = contiguous_rows and (pass_ == "fwd" or spec_name not in ("layer_norm", "rms_norm"))
-        resident = RESIDENT_MAX["fwd" if wide else "bwd"]
+        resident = RESIDENT_MAX["wide" if wide else "narrow"]
         resident //= 4 if x.dtype == torch.float64 else 1
         if max_tile < row * min_g <= resident:
             max_tile = row * min_g   # whole rows in one tile: loaded once (see RESIDENT_MAX)
