@@ -82,8 +82,8 @@ def _chunk(T, chunk, PHASE: tl.constexpr):
 
 @triton.jit
 def _tile_j(t, nSB, BLOCK_J: tl.constexpr):
-    """The j indices of tile t, shaped [1, BLOCK_J, 1]."""
-    return (t // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)[None, :, None]
+    """The j indices of tile t, shaped [BLOCK_J]; [None, :, None] puts them on the tile."""
+    return (t // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)
 
 
 @triton.jit
@@ -157,8 +157,8 @@ def row_norm_fwd(
     # that, x, w and b together pass the 128 registers a thread has at 16 warps and
     # spill (16384 spilled even with bf16 w and b, perf/compile_check.py).
     if RESIDENT and W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
-        w_res, b_res = _load_params(W_ptr, B_ptr, 0, _tile_j(t0, nSB, BLOCK_J), Cg, G, W_MODE,
-                                    HAS_W, HAS_B, ACC, True)
+        w_res, b_res = _load_params(W_ptr, B_ptr, 0, _tile_j(t0, nSB, BLOCK_J)[None, :, None], Cg,
+                                    G, W_MODE, HAS_W, HAS_B, ACC, True)
     for rb in range(pid, n_rb, nprog):
         n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
         if RESIDENT:

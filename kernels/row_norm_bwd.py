@@ -81,6 +81,13 @@ def _rstd(Rstd_ptr, rs, rmask, eps, PHASE: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _row_means(a1, a2, M):
+    """mean(w*dy*xhat) and mean(w*dy) of rows of M elements, as [BLOCK_G, 1, 1]."""
+    return (div(a1, tl.zeros_like(a1) + M)[:, None, None],
+            div(a2, tl.zeros_like(a2) + M)[:, None, None])
+
+
+@triton.jit
 def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr):
     """(dx, xhat) of one tile; mean/rstd/c1/c2 are [BLOCK_G, 1, 1]."""
     xhat = (x - mean) * rstd if CENTER else x * rstd
@@ -128,8 +135,8 @@ def row_norm_bwd(
     t0, t1 = _chunk(T, chunk, PHASE)
     if TILE_OUTER:
         for t in range(t0, t1):
-            jv = _tile_j(t, nSB, BLOCK_J)
-            w = _weight(W_ptr, 0, jv, Cg, G, W_MODE, HAS_W, ACC)
+            jr = _tile_j(t, nSB, BLOCK_J)
+            w = _weight(W_ptr, 0, jr[None, :, None], Cg, G, W_MODE, HAS_W, ACC)
             lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
@@ -141,18 +148,18 @@ def row_norm_bwd(
                                                 BLOCK_G, BLOCK_J, BLOCK_S)
                 x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
                 dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
-                dx, xhat = _dx(x, dy, w, mean, rstd, div(a1, tl.zeros_like(a1) + M)[:, None, None],
-                               div(a2, tl.zeros_like(a2) + M)[:, None, None], CENTER)
+                c1, c2 = _row_means(a1, a2, M)
+                dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
                 lw += dy * xhat
                 lb += dy
             if NEED_DWB:
-                jr = (t // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)
                 _store_dwb(DWB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(lw, axis=2), axis=0),
                            tl.sum(tl.sum(lb, axis=2), axis=0))
     else:
         if RESIDENT and W_MODE == 1:
-            w = _weight(W_ptr, 0, _tile_j(t0, nSB, BLOCK_J), Cg, G, W_MODE, HAS_W, ACC)
+            jr = _tile_j(t0, nSB, BLOCK_J)
+            w = _weight(W_ptr, 0, jr[None, :, None], Cg, G, W_MODE, HAS_W, ACC)
             rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
@@ -191,8 +198,7 @@ def row_norm_bwd(
                 tl.store(base, a1, mask=rmask)
                 tl.store(base + 1, a2, mask=rmask)
             else:
-                c1 = div(a1, tl.zeros_like(a1) + M)[:, None, None]
-                c2 = div(a2, tl.zeros_like(a2) + M)[:, None, None]
+                c1, c2 = _row_means(a1, a2, M)
                 if RESIDENT:
                     dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                     tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
@@ -239,6 +245,5 @@ def row_norm_bwd(
                             zero = tl.zeros([BLOCK_G, BLOCK_J], ACC)
                             _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask, zero, zero)
         if RESIDENT and W_MODE == 1 and NEED_DWB:
-            jr = (t0 // nSB) * BLOCK_J + tl.arange(0, BLOCK_J)
             _store_dwb(DWB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(rw, axis=2), axis=0),
                        tl.sum(tl.sum(rbias, axis=2), axis=0))

@@ -1,6 +1,5 @@
 """Test setup: the interpreter when there is no GPU, the device, the tiling modes."""
 import os
-
 import tempfile
 
 import torch

@@ -100,12 +100,13 @@ def test_the_counter_sees_a_plain_copy():
 
 
 @pytest.mark.parametrize("norm,shape,dtype", [
-    ("layer_norm", (64, 16384), torch.float32), ("rms_norm", (64, 16384), torch.bfloat16),
-    ("layer_norm", (64, 768), torch.bfloat16), ("group_norm", (2, 64, 32, 32), torch.float32)])
+    ("layer", (64, 16384), torch.float32), ("rms", (64, 16384), torch.bfloat16),
+    ("layer", (64, 768), torch.bfloat16), ("group", (2, 64, 32, 32), torch.float32)])
 def test_forward_rows_up_to_16384_are_loaded_once(plan, norm, shape, dtype):
     """Contiguous rows up to the resident budget are one tile per program (RESIDENT)."""
-    from tritonnorm.spec import channel_layout, row_layout
+    from tritonnorm.spec import GROUP, LAYER, RMS, channel_layout, row_layout
     x = torch.empty(shape, dtype=dtype)
-    _, view = channel_layout(x, 8) if norm == "group_norm" else row_layout(x, shape[-1])
+    _, view = channel_layout(x, 8) if norm == "group" else row_layout(x, shape[-1])
+    norm = {"layer": LAYER, "rms": RMS, "group": GROUP}[norm]
     cfg = config.row_config(view, x, norm, "fwd")
     assert cfg.chunk == 1 and cfg.BLOCK_J * cfg.BLOCK_S >= view.Cg * view.S

@@ -48,7 +48,7 @@ def test_dispatch_uses_the_tuned_entry_for_its_bucket(monkeypatch):
     assert key == "group_norm/fwd/float32/nc/L128/R64"
     monkeypatch.setattr(config, "_tuned", lambda *a: {"max_tile": 64, "num_warps": 2, "split_scale": 1})
     config.clear_cache()
-    cfg = config.row_config(view, x, GROUP.name, "fwd")
+    cfg = config.row_config(view, x, GROUP, "fwd")
     config.clear_cache()
     assert cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S <= 64 and cfg.num_warps == 2
 

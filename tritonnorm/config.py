@@ -12,7 +12,7 @@ import triton
 
 from . import tables
 from ._runtime import INTERPRET, target_programs
-from .spec import W_BY_ELEMENT, RowView
+from .spec import W_BY_ELEMENT, ReductionSpec, RowView
 
 # Elements in one [BLOCK_G, BLOCK_J, BLOCK_S] tile.  4096 fp32 accumulators over
 # 8 warps is 16 registers per live tile per thread: large enough for wide,
@@ -113,16 +113,17 @@ def _tuned(view: RowView, x: torch.Tensor, spec_name, pass_) -> dict:
 _CONFIGS: dict = {}
 
 
-def row_config(view: RowView, x: torch.Tensor, spec_name: str = None, pass_: str = "fwd") -> RowConfig:
+def row_config(view: RowView, x: torch.Tensor, spec: ReductionSpec = None,
+               pass_: str = "fwd") -> RowConfig:
     """The launch config of one pass, memoised: it is a pure function of the view,
     dtype, device, norm, pass and overrides, and is asked for several times per
     step (partials, merge, backward), so the host work is done once per shape."""
-    key = (view, x.dtype, x.device, spec_name, pass_, tuple(sorted(_overrides.items())))
+    key = (view, x.dtype, x.device, spec, pass_, tuple(sorted(_overrides.items())))
     cfg = _CONFIGS.get(key)
     if cfg is None:
         if len(_CONFIGS) > 4096:  # a bound for shape-churning workloads
             _CONFIGS.clear()
-        cfg = _CONFIGS[key] = _row_config(view, x, spec_name, pass_)
+        cfg = _CONFIGS[key] = _row_config(view, x, spec, pass_)
     return cfg
 
 
@@ -146,8 +147,10 @@ def _coalescing_rows(view: RowView, order, itemsize: int) -> int:
     return 1
 
 
-def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
-    tuned = _tuned(view, x, spec_name, pass_)
+def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
+    tuned = _tuned(view, x, spec.name if spec is not None else None, pass_)
+    # Weights indexed by element (LayerNorm/RMSNorm) are as long as a row.
+    by_element = spec is not None and spec.w_mode == W_BY_ELEMENT
     max_tile = _overrides.get("max_tile", tuned.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE)))
     sizes = {"g": view.G, "j": view.Cg, "s": view.S}
     strides = {"g": view.sG, "j": view.sJ, "s": view.sS}
@@ -159,7 +162,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
     if not {"max_tile"} & (_overrides.keys() | tuned.keys()):
         # Rows that are one contiguous run (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm).
         contiguous_rows = (view.S == 1 and view.sJ == 1) or (view.sS == 1 and view.sJ == view.S)
-        wide = contiguous_rows and (pass_ == "fwd" or spec_name not in ("layer_norm", "rms_norm"))
+        wide = contiguous_rows and (pass_ == "fwd" or not by_element)
         resident = RESIDENT_MAX["wide" if wide else "narrow"]
         resident //= 4 if x.dtype == torch.float64 else 1
         if max_tile < row * min_g <= resident:
@@ -177,7 +180,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec_name, pass_) -> RowConfig:
         blocks["j"], blocks["s"] = _p2(view.Cg), _p2(view.S)
         order = ["g"]
     room = max(1, max_tile // (blocks["j"] * blocks["s"]))
-    if spec_name in ("layer_norm", "rms_norm") and 1 < view.rows <= 8 and row * min_g > max_tile:
+    if by_element and 1 < view.rows <= 8 and row * min_g > max_tile:
         # A few long LayerNorm rows: weight and bias are as large as a row, so a tile
         # spans all the rows and each parameter tile is loaded once, not once a row.
         blocks["g"] = _p2(view.rows)

@@ -62,7 +62,7 @@ def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, e
 
 def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
     """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3)."""
-    cfg = config.row_config(view, x, spec.name, "fwd")
+    cfg = config.row_config(view, x, spec, "fwd")
     part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
     _fwd(1, x, x, view, spec, cfg, None, None, part, part, part, cfg.SPLIT, 0.0)
     return part
@@ -81,7 +81,7 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
       running statistics, in place or into the two new tensors; momentum None
       means the cumulative average 1 / num_batches_tracked, read on the device."""
     acc = acc_dtype(x)
-    cfg = config.row_config(view, x, spec.name, "fwd")
+    cfg = config.row_config(view, x, spec, "fwd")
     y = _empty_like_strided(x)
     if mean is not None:
         _fwd(3, x, y, view, spec, cfg, weight, bias, mean, var, mean, 1, eps, fixed=True)
@@ -136,7 +136,7 @@ def _param_count(view: RowView, spec: ReductionSpec, weight) -> int:
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
     """Per-program (sum w*dy*xhat, sum w*dy) of every row: shape (rows, SPLIT, 2)."""
-    cfg = config.row_config(view, x, spec.name, "bwd")
+    cfg = config.row_config(view, x, spec, "bwd")
     nprog = config.backward_programs(cfg, x, _param_count(view, spec, weight), spec.w_mode)
     part = torch.empty(view.rows, cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
     _bwd(1, x, dy, x, view, spec, cfg, weight, mean, rstd, part, cfg.SPLIT, None, nprog, 1, 1.0)
@@ -149,9 +149,10 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     """Gradients (dx, dw, db) of row_forward; dw/db are None unless asked for.
 
     ``fixed`` marks statistics that are constants (running statistics): then
-    ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials`` (rows, P, 2) replaces the local row sums,
-    which are then divided by ``count`` (default: the row length)."""
-    cfg = config.row_config(view, x, spec.name, "bwd")
+    ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials``
+    (rows, P, 2) replaces the local row sums, which are then divided by ``count``
+    (default: the row length)."""
+    cfg = config.row_config(view, x, spec, "bwd")
     cw = _param_count(view, spec, weight)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
     dx = _empty_like_strided(x)
