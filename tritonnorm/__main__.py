@@ -34,8 +34,9 @@ def main(argv=None) -> int:
                        help="norms to sweep (repeatable; default: all)")
     bench.add_argument("--dtype", action="append", choices=["float32", "bfloat16"])
     bench.add_argument("--out", default="perf/out", help="output directory (CSV, PNG)")
-    bench.add_argument("--suite", choices=["sweep", "models", "all"], default="sweep",
-                       help="per-norm throughput sweep, model training steps, or both")
+    bench.add_argument("--suite", choices=["sweep", "models", "host", "all"], default="sweep",
+                       help="per-norm throughput sweep, model training steps, host time per "
+                            "eager call against torch's, or all three")
     bench.add_argument("--budget-s", type=float, help="stop starting new sweep cases after this")
     args = parser.parse_args(argv)
     if args.command == "bench":
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
             run_bench(args.norm or list(SWEEP), dtypes, args.quick, args.out, args.budget_s)
         if args.suite in ("models", "all"):
             run_models(dtypes, args.out)
+        if args.suite in ("host", "all"):
+            from .bench_host import run_host
+            run_host(args.out)
         return 0
     if args.command == "tune":
         from .tune import DTYPES, GRID, tune as run_tune
