@@ -51,11 +51,13 @@ def override(**kw):
     ``split_scale`` inside a ``with`` block."""
     old = dict(_overrides)
     _overrides.update(kw)
+    clear_cache()
     try:
         yield
     finally:
         _overrides.clear()
         _overrides.update(old)
+        clear_cache()
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,28 @@ def _tuned(view: RowView, x: torch.Tensor, spec_name, pass_) -> dict:
         bucket_key(view, x, spec_name, pass_), {})
 
 
-_CONFIGS: dict = {}
+# Every memo of launch decisions (here and in dispatch): all are cleared together when
+# the overrides or the tuning tables change, so none of them keys on those.
+_MEMOS: list = []
+# A bound on each memo, for shape-churning workloads: past it, the memo starts over.
+MEMO_MAX = 4096
+
+
+def memo() -> dict:
+    """A new memo that clear_cache() empties."""
+    d: dict = {}
+    _MEMOS.append(d)
+    return d
+
+
+def remember(d: dict, key, value):
+    if len(d) >= MEMO_MAX:
+        d.clear()
+    d[key] = value
+    return value
+
+
+_CONFIGS = memo()
 
 
 def row_config(view: RowView, x: torch.Tensor, spec: ReductionSpec = None,
@@ -118,18 +141,18 @@ def row_config(view: RowView, x: torch.Tensor, spec: ReductionSpec = None,
     """The launch config of one pass, memoised: it is a pure function of the view,
     dtype, device, norm, pass and overrides, and is asked for several times per
     step (partials, merge, backward), so the host work is done once per shape."""
-    key = (view, x.dtype, x.device, spec, pass_, tuple(sorted(_overrides.items())))
+    key = (view, x.dtype, x.device, spec, pass_)
     cfg = _CONFIGS.get(key)
     if cfg is None:
-        if len(_CONFIGS) > 4096:  # a bound for shape-churning workloads
-            _CONFIGS.clear()
-        cfg = _CONFIGS[key] = _row_config(view, x, spec, pass_)
+        cfg = remember(_CONFIGS, key, _row_config(view, x, spec, pass_))
     return cfg
 
 
 def clear_cache() -> None:
-    """Forget memoised configs (after a new tuning table is written)."""
-    _CONFIGS.clear()
+    """Forget memoised configs and launch plans (after a new tuning table is
+    written, or when the overrides change)."""
+    for d in _MEMOS:
+        d.clear()
 
 
 def _coalescing_rows(view: RowView, order, itemsize: int) -> int:

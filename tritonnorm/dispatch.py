@@ -7,10 +7,16 @@ A forward or backward is one of:
 The partial-producing and partial-consuming halves are exposed separately
 (``*_partials`` and ``partials=``) so SyncBatchNorm can exchange partials
 between ranks in between.
+
+Host cost: everything a launch needs that depends only on (view, dtype, device,
+norm, flags) -- the config, the grid, the runtime ints and the constexprs -- is a
+``_Launch`` built once and memoised (config.memo), so a steady-state call is a
+dict lookup, the allocation of its outputs and the launch.
 """
+from typing import NamedTuple, Optional
+
 import numpy as np
 import torch
-import triton
 import triton.language as tl
 
 from . import config
@@ -27,6 +33,23 @@ def _tl(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _p2(n: int) -> int:
+    """Next power of two (triton.next_power_of_2 costs microseconds a call)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+class _Launch(NamedTuple):
+    """One kernel launch, but for its tensors and floats: memoised per shape."""
+    grid: tuple
+    ints: tuple     # the runtime ints after the pointers
+    consts: dict    # constexprs, num_warps, num_stages
+    cfg: config.RowConfig
+
+
 def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
     return (view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS,
             cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part)
@@ -34,37 +57,67 @@ def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
 
 def _blocks(cfg: config.RowConfig, n_part: int):
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
-                BLOCK_PART=triton.next_power_of_2(n_part), num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+                BLOCK_PART=_p2(n_part), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype, device=x.device)
 
 
-def _fwd(phase, x, y, view, spec, cfg, weight, bias, mean, rstd, part, n_part, eps,
-         running=None, fixed=False):
+# Running-statistics update of a forward: none, with a momentum, or the cumulative average.
+NO_RUNNING, MOMENTUM, CUMULATIVE = 0, 1, 2
+_FWD = config.memo()
+_BWD = config.memo()
+_COLSUM = config.memo()
+_MOMENTUM: dict = {}
+
+
+def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
+    key = (phase, view, x.dtype, x.device, spec, has_w, has_b, running, n_part)
+    hit = _FWD.get(key)
+    if hit is not None:
+        return hit
+    cfg = config.row_config(view, x, spec, "fwd")
     grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
+    consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b, W_MODE=spec.w_mode,
+                  UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
+                  CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1,
+                  ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+    ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G,)
+    return config.remember(_FWD, key, _Launch(grid, ints, consts, cfg))
+
+
+def _momentum_parts(momentum):
+    """Float arguments travel as fp32: momentum goes as hi + lo parts (see the kernel)."""
+    parts = _MOMENTUM.get(momentum)
+    if parts is None:
+        hi = float(np.float32(momentum or 0.0))
+        parts = _MOMENTUM[momentum] = (hi, float(np.float32((momentum or 0.0) - hi)))
+    return parts
+
+
+def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
     rm, rv, momentum, nbt = running[:4] if running is not None else (mean, mean, 0.0, None)
     rm_out, rv_out = running[4:] if running is not None and len(running) > 4 else (rm, rv)
-    # Float arguments travel as fp32: momentum goes as hi + lo parts (see the kernel).
-    mom_hi = float(np.float32(momentum or 0.0))
-    mom_lo = float(np.float32((momentum or 0.0) - mom_hi))
-    row_norm_fwd[grid](
+    mom_hi, mom_lo = _momentum_parts(momentum)
+    row_norm_fwd[L.grid](
         x, y, weight if weight is not None else x, bias if bias is not None else x,
         mean, rstd, part, rm, rv, rm_out, rv_out, nbt if nbt is not None else mean,
-        *_geometry(view, cfg, n_part), 0 if fixed else view.G, eps, mom_hi, mom_lo,
-        PHASE=phase, CENTER=spec.center, HAS_W=weight is not None, HAS_B=bias is not None,
-        W_MODE=spec.w_mode, UPDATE_RUNNING=running is not None and phase != 1,
-        CUMULATIVE=momentum is None, RESIDENT=cfg.chunk == 1, ACC=_tl(acc_dtype(x)),
-        **_blocks(cfg, n_part))
+        *L.ints, eps, mom_hi, mom_lo, **L.consts)
+
+
+def _running_kind(running) -> int:
+    if running is None:
+        return NO_RUNNING
+    return CUMULATIVE if running[2] is None else MOMENTUM
 
 
 def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
     """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3)."""
     cfg = config.row_config(view, x, spec, "fwd")
+    L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, cfg.SPLIT)
     part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
-    _fwd(1, x, x, view, spec, cfg, None, None, part, part, part, cfg.SPLIT, 0.0)
+    _fwd(L, x, x, None, None, part, part, part, 0.0)
     return part
 
 
@@ -80,21 +133,24 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
       [, new_running_mean, new_running_var]) folds the batch statistics into the
       running statistics, in place or into the two new tensors; momentum None
       means the cumulative average 1 / num_batches_tracked, read on the device."""
-    acc = acc_dtype(x)
-    cfg = config.row_config(view, x, spec, "fwd")
+    has_w, has_b = weight is not None, bias is not None
     y = _empty_like_strided(x)
     if mean is not None:
-        _fwd(3, x, y, view, spec, cfg, weight, bias, mean, var, mean, 1, eps, fixed=True)
+        L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1)
+        _fwd(L, x, y, weight, bias, mean, var, mean, eps)
         return y, mean, var
+    acc = acc_dtype(x)
+    kind = _running_kind(running)
     mean = torch.empty(view.rows, dtype=acc, device=x.device)
     rstd = torch.empty(view.rows, dtype=acc, device=x.device)
-    if partials is None and cfg.SPLIT == 1:
-        _fwd(0, x, y, view, spec, cfg, weight, bias, mean, rstd, mean, 1, eps, running)
-        return y, mean, rstd
     if partials is None:
+        L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1)
+        if L.cfg.SPLIT == 1:
+            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running)
+            return y, mean, rstd
         partials = forward_partials(x, view, spec)
-    _fwd(2, x, y, view, spec, cfg, weight, bias, mean, rstd, partials, partials.shape[1], eps,
-         running)
+    L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1])
+    _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running)
     return y, mean, rstd
 
 
@@ -102,19 +158,6 @@ def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
     """LayerNorm/RMSNorm rows longer than one tile: the backward's elementwise walk
     runs tiles outside and rows inside, so dw/db stay in registers (row_norm_bwd)."""
     return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
-
-
-def _bwd(phase, x, dy, dx, view, spec, cfg, weight, mean, rstd, part, n_part, dwb, nprog, cw,
-         count, fixed=False, eps=0.0):
-    grid = (nprog, cfg.SPLIT if phase != 0 else 1)
-    row_norm_bwd[grid](
-        x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-        dwb if dwb is not None else rstd, *_geometry(view, cfg, n_part),
-        0 if fixed else view.G, cw, count, eps,
-        PHASE=phase, CENTER=spec.center, HAS_W=weight is not None,
-        NEED_DWB=dwb is not None and phase != 1, W_MODE=spec.w_mode,
-        RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
-        ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
 
 
 def dwb_slots(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, nprog: int) -> int:
@@ -128,18 +171,63 @@ def dwb_slots(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, nprog: 
     return view.N * cfg.SPLIT
 
 
-def _param_count(view: RowView, spec: ReductionSpec, weight) -> int:
-    if weight is not None:
-        return weight.numel()
+def _param_count(view: RowView, spec: ReductionSpec) -> int:
+    """Elements of the affine parameters: one per row element, row or channel."""
     return {W_BY_ELEMENT: view.Cg, W_BY_ROW: view.G}.get(spec.w_mode, view.G * view.Cg)
+
+
+class _Backward(NamedTuple):
+    """A backward's memoised plan: its main launch, and the partials launch
+    (PHASE 1) where rows are split."""
+    main: _Launch
+    partials: Optional[_Launch]
+    slots: int      # rows of the dw/db scratch
+    cw: int         # parameter elements
+    count: float    # default row length
+
+
+def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part) -> _Launch:
+    consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
+                  NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode,
+                  RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
+                  ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+    ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G, _param_count(view, spec))
+    return _Launch((nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
+
+
+def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
+    """``n_part``: partials given from outside (SyncBatchNorm), or None."""
+    key = (view, x.dtype, x.device, spec, has_w, need_dwb, fixed, n_part)
+    hit = _BWD.get(key)
+    if hit is not None:
+        return hit
+    cfg = config.row_config(view, x, spec, "bwd")
+    cw = _param_count(view, spec)
+    nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
+    part = None
+    if fixed:
+        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1)
+    elif n_part is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
+        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1)
+    else:
+        part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT)
+        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT)
+    plan = _Backward(main, part, dwb_slots(view, spec, cfg, nprog), cw, float(view.Cg * view.S))
+    return config.remember(_BWD, key, plan)
+
+
+def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps):
+    row_norm_bwd[L.grid](
+        x, dy, dx, weight if weight is not None else x, mean, rstd, part,
+        dwb if dwb is not None else rstd, *L.ints, count, eps, **L.consts)
 
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
     """Per-program (sum w*dy*xhat, sum w*dy) of every row: shape (rows, SPLIT, 2)."""
-    cfg = config.row_config(view, x, spec, "bwd")
-    nprog = config.backward_programs(cfg, x, _param_count(view, spec, weight), spec.w_mode)
-    part = torch.empty(view.rows, cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
-    _bwd(1, x, dy, x, view, spec, cfg, weight, mean, rstd, part, cfg.SPLIT, None, nprog, 1, 1.0)
+    plan = _bwd_plan(x, view, spec, weight is not None, False, False, 0)
+    L = plan.partials
+    part = torch.empty(view.rows, L.cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
+    _bwd(L, x, dy, x, weight, mean, rstd, part, None, 1.0, 0.0)
     return part
 
 
@@ -152,43 +240,42 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials``
     (rows, P, 2) replaces the local row sums, which are then divided by ``count``
     (default: the row length)."""
-    cfg = config.row_config(view, x, spec, "bwd")
-    cw = _param_count(view, spec, weight)
-    nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
+    need_dwb = need_dw or need_db
+    plan = _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed,
+                     None if partials is None else partials.shape[1])
     dx = _empty_like_strided(x)
-    dwb = None
-    slots = dwb_slots(view, spec, cfg, nprog)
-    if need_dw or need_db:
-        # Every element is written exactly once by the kernel: no zero fill.
-        dwb = torch.empty(slots * 2 * cw, dtype=acc_dtype(x), device=x.device)
-    count = float(view.Cg * view.S) if count is None else count
+    # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
+    dwb = (torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
+           if need_dwb else None)
+    count = plan.count if count is None else count
     if fixed:
-        _bwd(3, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count, True,
-             eps)
-    elif partials is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
-        _bwd(0, x, dy, dx, view, spec, cfg, weight, mean, rstd, rstd, 1, dwb, nprog, cw, count)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps)
+    elif plan.partials is None:
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0)
     else:
         if partials is None:
-            partials = backward_partials(x, dy, view, spec, weight, mean, rstd)
-        _bwd(2, x, dy, dx, view, spec, cfg, weight, mean, rstd, partials, partials.shape[1], dwb,
-             nprog, cw, count)
-    dw = db = None
-    if dwb is not None:
-        pdtype = weight.dtype if weight is not None else x.dtype
-        dw, db = column_sums(dwb.view(slots, 2 * cw), pdtype, cw)
-        dw = dw if need_dw else None
-        db = db if need_db else None
-    return dx, dw, db
+            partials = torch.empty(view.rows, plan.partials.cfg.SPLIT, 2, dtype=acc_dtype(x),
+                                   device=x.device)
+            _bwd(plan.partials, x, dy, x, weight, mean, rstd, partials, None, 1.0, 0.0)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0)
+    if dwb is None:
+        return dx, None, None
+    dw, db = column_sums(dwb, plan.slots, 2 * plan.cw,
+                         weight.dtype if weight is not None else x.dtype, plan.cw)
+    return dx, dw if need_dw else None, db if need_db else None
 
 
-def column_sums(partials: torch.Tensor, out_dtype: torch.dtype, k1: int):
-    """Deterministic sum over axis 0 of a 2-d partials tensor, as two separate
-    tensors: columns [0, k1) and [k1, k) -- no storage shared, so no copy is
-    needed where outputs may not alias (custom ops)."""
-    a, k = partials.shape
+def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, k1: int):
+    """Deterministic sum over axis 0 of ``partials`` read as an [a, k] matrix, as
+    two separate tensors: columns [0, k1) and [k1, k) -- no storage shared, so no
+    copy is needed where outputs may not alias (custom ops)."""
+    key = (a, k)
+    blocks = _COLSUM.get(key)
+    if blocks is None:
+        block_a, block_k = config.column_sum_blocks(a, k)
+        blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k),), block_a, block_k))
+    grid, block_a, block_k = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)
     second = torch.empty(k - k1, dtype=out_dtype, device=partials.device)
-    block_a, block_k = config.column_sum_blocks(a, k)
-    column_sum[(triton.cdiv(k, block_k),)](partials, first, second, a, k, k1,
-                                            BLOCK_A=block_a, BLOCK_K=block_k)
+    column_sum[grid](partials, first, second, a, k, k1, BLOCK_A=block_a, BLOCK_K=block_k)
     return first, second
