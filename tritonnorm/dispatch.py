@@ -100,10 +100,10 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
     rm, rv, momentum, nbt = running[:4] if running is not None else (mean, mean, 0.0, None)
     rm_out, rv_out = running[4:] if running is not None and len(running) > 4 else (rm, rv)
     mom_hi, mom_lo = _momentum_parts(momentum)
-    row_norm_fwd[L.grid](
+    row_norm_fwd.run(  # kernel.run(..., grid=): what kernel[grid](...) calls, less a repack
         x, y, weight if weight is not None else x, bias if bias is not None else x,
         mean, rstd, part, rm, rv, rm_out, rv_out, nbt if nbt is not None else mean,
-        *L.ints, eps, mom_hi, mom_lo, **L.consts)
+        *L.ints, eps, mom_hi, mom_lo, grid=L.grid, warmup=False, **L.consts)
 
 
 def _running_kind(running) -> int:
@@ -217,9 +217,10 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
 
 
 def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps):
-    row_norm_bwd[L.grid](
+    row_norm_bwd.run(
         x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-        dwb if dwb is not None else rstd, *L.ints, count, eps, **L.consts)
+        dwb if dwb is not None else rstd, *L.ints, count, eps, grid=L.grid, warmup=False,
+        **L.consts)
 
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
@@ -277,5 +278,6 @@ def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, 
     grid, block_a, block_k = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)
     second = torch.empty(k - k1, dtype=out_dtype, device=partials.device)
-    column_sum[grid](partials, first, second, a, k, k1, BLOCK_A=block_a, BLOCK_K=block_k)
+    column_sum.run(partials, first, second, a, k, k1, BLOCK_A=block_a, BLOCK_K=block_k, grid=grid,
+                   warmup=False)
     return first, second

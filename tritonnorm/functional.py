@@ -49,15 +49,18 @@ def _check_vector(name: str, t: Optional[Tensor], c: int, x: Tensor) -> None:
 
 
 def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
-    shape = ((normalized_shape,) if isinstance(normalized_shape, numbers.Integral)
-             else tuple(normalized_shape))
+    if type(normalized_shape) is not tuple:
+        shape = ((normalized_shape,) if isinstance(normalized_shape, numbers.Integral)
+                 else tuple(normalized_shape))
+    else:
+        shape = normalized_shape   # what the modules pass: no conversion
     k = len(shape)
-    if k == 0 or x.dim() < k or tuple(x.shape[x.dim() - k:]) != shape:
+    if k == 0 or x.dim() < k or x.shape[x.dim() - k:] != shape:
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape "
             f"[*, {', '.join(map(str, shape))}], but got input of size{list(x.shape)}")
     for pname, p in (("weight", weight), ("bias", bias)):
-        if p is not None and tuple(p.shape) != shape:
+        if p is not None and p.shape != shape:
             raise RuntimeError(
                 f"Expected {pname} to be of same shape as normalized_shape, but got {pname} "
                 f"of shape {list(p.shape)} and normalized_shape = {list(shape)}")
@@ -67,7 +70,9 @@ def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
 
 def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
     """A parameter as the dense vector the kernels index (a copy only if strided)."""
-    return None if p is None else p.reshape(-1).contiguous()
+    if p is None or (p.dim() == 1 and p.is_contiguous()):
+        return p
+    return p.reshape(-1).contiguous()
 
 
 def _check_devices(x: Tensor, *others: Optional[Tensor]) -> None:
@@ -87,8 +92,8 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     _check_devices(input, weight, bias)
     x, weight, bias = _autocast("layer_norm", input, weight, bias)
     xv, view = row_layout(x, math.prod(shape))
-    y, _, _ = row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)
-    return y.view(input.shape)
+    y = row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)
+    return y   # input's shape: row_layout keeps it
 
 
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
@@ -101,8 +106,8 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     xv, view = row_layout(input, math.prod(shape))
-    y, _, _ = row_norm(xv, _flat(weight), None, view, RMS, eps)
-    return y.view(input.shape)
+    y = row_norm(xv, _flat(weight), None, view, RMS, eps)
+    return y
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
@@ -123,7 +128,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     _check_devices(input, weight, bias)
     x, weight, bias = _autocast("group_norm", input, weight, bias)
     xv, view = channel_layout(x, num_groups)
-    y, _, _ = row_norm(xv, _flat(weight), _flat(bias), view, GROUP, eps)
+    y = row_norm(xv, _flat(weight), _flat(bias), view, GROUP, eps)
     return y
 
 
@@ -155,9 +160,9 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         _check_vector("running_mean", running_mean, c, input)
         _check_vector("running_var", running_var, c, input)
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
-        y, _, _ = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
+        y = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
         return y
-    y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps)
+    y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps, with_stats=True)
     if running_mean is not None or running_var is not None:
         _update_running(running_mean, running_var, mean, rstd, view.S, c, momentum, eps)
     return y
@@ -223,7 +228,7 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
         if running_mean is None:
             raise RuntimeError("running_mean must be defined in evaluation mode")
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
-        y, _, _ = row_norm(xv, weight, bias, view, BATCH, eps, stats)
+        y = row_norm(xv, weight, bias, view, BATCH, eps, stats)
         return y
     running = None
     if running_mean is not None:
@@ -232,5 +237,5 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
         running = (running_mean, running_var, momentum, num_batches_tracked)
         if momentum is None and num_batches_tracked is None:
             raise ValueError("momentum=None needs num_batches_tracked for the cumulative average")
-    y, _, _ = row_norm(xv, weight, bias, view, BATCH, eps, running=running)
+    y = row_norm(xv, weight, bias, view, BATCH, eps, running=running)
     return y

@@ -110,29 +110,35 @@ norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 class EagerNorm(torch.autograd.Function):
     """The eager path: the same launcher as the custom ops (dispatch.row_forward /
     row_backward), without their dispatch cost, and with the running statistics
-    updated in place by the kernel -- no copy."""
+    updated in place by the kernel -- no copy.  ``call`` = (view, spec, eps, stats,
+    running, with_stats) travels as one argument, and the statistics are outputs
+    only when asked for: autograd's apply pays per argument and per output."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, view, spec, eps, stats, running):
+    def forward(ctx, x, weight, bias, call):
+        view, spec, eps, stats, running, with_stats = call
         mean, var = stats if stats is not None else (None, None)
         y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running)
-        ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.view, ctx.spec, ctx.eps, ctx.fixed = view, spec, eps, stats is not None
         ctx.has_bias = bias is not None
+        if not with_stats:
+            return y
+        ctx.mark_non_differentiable(mean, rstd)
         return y, mean, rstd
 
     @staticmethod
     def backward(ctx, dy, *_):
         if dy is None:  # y took no part in the loss
-            return (None,) * 8
+            return None, None, None, None
         x, weight, mean, rstd = ctx.saved_tensors
-        need_dw = weight is not None and ctx.needs_input_grad[1]
-        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        need = ctx.needs_input_grad
+        need_dw = weight is not None and need[1]
+        need_db = ctx.has_bias and need[2]
         dx, dw, db = row_backward(x, match_layout(dy, ctx.view), ctx.view, ctx.spec, weight, mean,
                                   rstd, need_dw, need_db, ctx.fixed, eps=ctx.eps)
-        return (dx if ctx.needs_input_grad[0] else None, dw, db) + (None,) * 5
+        return dx if need[0] else None, dw, db, None
 
 
 def eager(x: Tensor) -> bool:
@@ -142,8 +148,9 @@ def eager(x: Tensor) -> bool:
             and type(x) in (torch.Tensor, torch.nn.Parameter))
 
 
-def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None):
-    """Apply the row norm; returns (y, mean, rstd).
+def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None,
+             with_stats=False):
+    """Apply the row norm; returns y, or (y, mean, rstd) ``with_stats``.
 
     ``stats`` (mean, var) are constants to apply (running statistics in eval);
     ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
@@ -151,7 +158,7 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
     Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
     update is functional plus a traced copy_."""
     if eager(x):
-        return EagerNorm.apply(x, weight, bias, view, spec, eps, stats, running)
+        return EagerNorm.apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
     stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
@@ -162,4 +169,4 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
         with torch.no_grad():
             rm.copy_(new_rm)
             rv.copy_(new_rv)
-    return y, mean, rstd
+    return (y, mean, rstd) if with_stats else y
