@@ -31,9 +31,9 @@ if INTERPRET:
 
 def use_triton(x: torch.Tensor) -> bool:
     """True when ``x`` lives where our kernels run; otherwise callers fall back to torch."""
-    if x.device.type == "cuda":
+    if x.is_cuda:   # is_cuda/is_cpu: no torch.device object built on every call
         return not INTERPRET
-    return INTERPRET and x.device.type == "cpu"
+    return INTERPRET and x.is_cpu
 
 
 @functools.lru_cache(maxsize=None)

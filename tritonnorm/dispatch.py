@@ -60,10 +60,6 @@ def _blocks(cfg: config.RowConfig, n_part: int):
                 BLOCK_PART=_p2(n_part), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-def _empty_like_strided(x: torch.Tensor, dtype=None) -> torch.Tensor:
-    return torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype, device=x.device)
-
-
 # Running-statistics update of a forward: none, with a momentum, or the cumulative average.
 NO_RUNNING, MOMENTUM, CUMULATIVE = 0, 1, 2
 _FWD = config.memo()
@@ -73,7 +69,9 @@ _MOMENTUM: dict = {}
 
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
-    key = (phase, view, x.dtype, x.device, spec, has_w, has_b, running, n_part)
+    # get_device(): an int, cheaper than x.device (the dtype and view tell CPU from GPU apart
+    # only together with it: -1 is the CPU under the interpreter).
+    key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part)
     hit = _FWD.get(key)
     if hit is not None:
         return hit
@@ -97,12 +95,17 @@ def _momentum_parts(momentum):
 
 
 def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
-    rm, rv, momentum, nbt = running[:4] if running is not None else (mean, mean, 0.0, None)
-    rm_out, rv_out = running[4:] if running is not None and len(running) > 4 else (rm, rv)
-    mom_hi, mom_lo = _momentum_parts(momentum)
+    if running is None:   # unused pointers: any tensor
+        rm = rv = rm_out = rv_out = nbt = mean
+        mom_hi = mom_lo = 0.0
+    else:
+        rm, rv, momentum, nbt = running[:4]
+        rm_out, rv_out = running[4:] if len(running) > 4 else (rm, rv)
+        nbt = mean if nbt is None else nbt
+        mom_hi, mom_lo = _momentum_parts(momentum)
     row_norm_fwd.run(  # kernel.run(..., grid=): what kernel[grid](...) calls, less a repack
-        x, y, weight if weight is not None else x, bias if bias is not None else x,
-        mean, rstd, part, rm, rv, rm_out, rv_out, nbt if nbt is not None else mean,
+        x, y, x if weight is None else weight, x if bias is None else bias,
+        mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
         *L.ints, eps, mom_hi, mom_lo, grid=L.grid, warmup=False, **L.consts)
 
 
@@ -134,15 +137,15 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
       running statistics, in place or into the two new tensors; momentum None
       means the cumulative average 1 / num_batches_tracked, read on the device."""
     has_w, has_b = weight is not None, bias is not None
-    y = _empty_like_strided(x)
+    y = torch.empty_like(x)   # x is dense (row-major or channels_last): its strides are kept
     if mean is not None:
         L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1)
         _fwd(L, x, y, weight, bias, mean, var, mean, eps)
         return y, mean, var
-    acc = acc_dtype(x)
-    kind = _running_kind(running)
-    mean = torch.empty(view.rows, dtype=acc, device=x.device)
-    rstd = torch.empty(view.rows, dtype=acc, device=x.device)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32   # acc_dtype(x)
+    kind = NO_RUNNING if running is None else _running_kind(running)
+    mean = x.new_empty(view.rows, dtype=acc)
+    rstd = x.new_empty(view.rows, dtype=acc)
     if partials is None:
         L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1)
         if L.cfg.SPLIT == 1:
@@ -197,7 +200,7 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part) -> _L
 
 def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
     """``n_part``: partials given from outside (SyncBatchNorm), or None."""
-    key = (view, x.dtype, x.device, spec, has_w, need_dwb, fixed, n_part)
+    key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part)
     hit = _BWD.get(key)
     if hit is not None:
         return hit
@@ -244,7 +247,7 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     need_dwb = need_dw or need_db
     plan = _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed,
                      None if partials is None else partials.shape[1])
-    dx = _empty_like_strided(x)
+    dx = torch.empty_like(x)
     # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
     dwb = (torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
            if need_dwb else None)

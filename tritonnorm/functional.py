@@ -25,8 +25,7 @@ _AUTOCAST_FP32 = {"layer_norm", "group_norm"}
 def _autocast(name: str, *tensors):
     """Cast like torch's CUDA autocast would for op ``name``."""
     x = tensors[0]
-    if (name in _AUTOCAST_FP32 and x.device.type == "cuda"
-            and torch.is_autocast_enabled("cuda")):
+    if name in _AUTOCAST_FP32 and x.is_cuda and torch.is_autocast_enabled("cuda"):
         return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)
     return tensors
 
@@ -76,8 +75,11 @@ def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _check_devices(x: Tensor, *others: Optional[Tensor]) -> None:
+    # A GPU's index is an int, cheaper to compare than torch.device objects; -1 (CPU,
+    # meta) needs the devices themselves.
+    where = x.get_device()
     for t in others:
-        if t is not None and t.device != x.device:
+        if t is not None and (t.get_device() != where or (where < 0 and t.device != x.device)):
             raise RuntimeError(
                 "Expected all tensors to be on the same device, but found at least two "
                 f"devices, {x.device} and {t.device}!")

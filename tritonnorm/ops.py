@@ -119,12 +119,13 @@ class EagerNorm(torch.autograd.Function):
         view, spec, eps, stats, running, with_stats = call
         mean, var = stats if stats is not None else (None, None)
         y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.view, ctx.spec, ctx.eps, ctx.fixed = view, spec, eps, stats is not None
-        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+        # The statistics are this call's own tensors, which nobody else can modify: no
+        # version check needed, so they ride on ctx.
+        ctx.call, ctx.stats, ctx.has_bias = call, (mean, rstd), bias is not None
         if not with_stats:
             return y
+        ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(mean, rstd)
         return y, mean, rstd
 
@@ -132,13 +133,37 @@ class EagerNorm(torch.autograd.Function):
     def backward(ctx, dy, *_):
         if dy is None:  # y took no part in the loss
             return None, None, None, None
-        x, weight, mean, rstd = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
+        mean, rstd = ctx.stats
+        view, spec, eps, stats = ctx.call[:4]
         need = ctx.needs_input_grad
         need_dw = weight is not None and need[1]
         need_db = ctx.has_bias and need[2]
-        dx, dw, db = row_backward(x, match_layout(dy, ctx.view), ctx.view, ctx.spec, weight, mean,
-                                  rstd, need_dw, need_db, ctx.fixed, eps=ctx.eps)
+        dx, dw, db = row_backward(x, match_layout(dy, view), view, spec, weight, mean, rstd,
+                                  need_dw, need_db, stats is not None, eps=eps)
         return dx if need[0] else None, dw, db, None
+
+
+def _fast_apply():
+    """EagerNorm.apply less its Python preamble (inspect-free on our forward, but it
+    still unwraps every argument): the C apply, after unwrapping the tensors the
+    way torch does.  Falls back to EagerNorm.apply where torch lacks the pieces."""
+    try:
+        c_apply = super(torch.autograd.Function, EagerNorm).apply
+        active = torch._C._are_functorch_transforms_active
+        unwrap = torch._C._functorch.unwrap_if_dead
+    except AttributeError:
+        return EagerNorm.apply
+
+    def apply(x, weight, bias, call):
+        if active():
+            return EagerNorm.apply(x, weight, bias, call)
+        return c_apply(unwrap(x), weight if weight is None else unwrap(weight),
+                       bias if bias is None else unwrap(bias), call)
+    return apply
+
+
+_apply = _fast_apply()
 
 
 def eager(x: Tensor) -> bool:
@@ -158,7 +183,7 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
     Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
     update is functional plus a traced copy_."""
     if eager(x):
-        return EagerNorm.apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
+        return _apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
     stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
