@@ -14,7 +14,8 @@ that counts:
 torch and tritonnorm are timed interleaved, round after round in one process, and
 each keeps its best round, so a noisy neighbour inflates neither side alone.
 "fwd+bwd" is ``m(x).backward(g)`` with ``g`` made once: autograd's own engine
-cost is in both columns.
+cost is in both columns.  "fwd no_grad" is the forward under torch.no_grad(), as
+in serving: no autograd node is recorded.
 """
 import contextlib
 import csv
@@ -72,7 +73,11 @@ def _passes(layer, x, training: bool):
 
     def fwd_bwd():
         layer(x).backward(g)
-    return {"fwd": fwd, "fwd+bwd": fwd_bwd}
+
+    def infer():
+        with torch.no_grad():
+            layer(x)
+    return {"fwd": fwd, "fwd+bwd": fwd_bwd, "fwd no_grad": infer}
 
 
 def measure(cases=None, calls: int = 300, rounds: int = 7, dtype=torch.float32):
@@ -86,7 +91,7 @@ def measure(cases=None, calls: int = 300, rounds: int = 7, dtype=torch.float32):
         layers = {lib: make(mod).to(device, dtype).train(training)
                   for lib, mod in (("torch", nn), ("tritonnorm", tritonnorm))}
         fns = {lib: _passes(m, x, training) for lib, m in layers.items()}
-        for pass_ in ("fwd", "fwd+bwd"):
+        for pass_ in fns["torch"]:
             best = {lib: float("inf") for lib in fns}
             for _ in range(rounds):
                 for lib in fns:

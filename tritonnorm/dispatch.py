@@ -46,8 +46,19 @@ class _Launch(NamedTuple):
     """One kernel launch, but for its tensors and floats: memoised per shape."""
     grid: tuple
     ints: tuple     # the runtime ints after the pointers
-    consts: dict    # constexprs, num_warps, num_stages
+    consts: tuple   # the constexprs, positionally, in the kernel's order
+    opts: dict      # num_warps, num_stages
     cfg: config.RowConfig
+
+
+def _launch(kernel, grid, ints, consts: dict, cfg) -> _Launch:
+    """Constexprs go positionally: a launch then passes two keywords, not twenty --
+    a microsecond a call on a slow host (the constexprs are the kernel's last
+    parameters)."""
+    opts = {k: consts.pop(k) for k in ("num_warps", "num_stages")}
+    names = kernel.arg_names[len(kernel.arg_names) - len(consts):]
+    assert set(names) == set(consts), (names, consts)
+    return _Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg)
 
 
 def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
@@ -82,7 +93,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1,
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G,)
-    return config.remember(_FWD, key, _Launch(grid, ints, consts, cfg))
+    return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
 
 
 def _momentum_parts(momentum):
@@ -106,7 +117,7 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
     row_norm_fwd.run(  # kernel.run(..., grid=): what kernel[grid](...) calls, less a repack
         x, y, x if weight is None else weight, x if bias is None else bias,
         mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
-        *L.ints, eps, mom_hi, mom_lo, grid=L.grid, warmup=False, **L.consts)
+        *L.ints, eps, mom_hi, mom_lo, *L.consts, grid=L.grid, warmup=False, **L.opts)
 
 
 def _running_kind(running) -> int:
@@ -195,7 +206,7 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part) -> _L
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G, _param_count(view, spec))
-    return _Launch((nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
+    return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
 
 
 def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
@@ -222,8 +233,8 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
 def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps):
     row_norm_bwd.run(
         x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-        dwb if dwb is not None else rstd, *L.ints, count, eps, grid=L.grid, warmup=False,
-        **L.consts)
+        dwb if dwb is not None else rstd, *L.ints, count, eps, *L.consts, grid=L.grid,
+        warmup=False, **L.opts)
 
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):

@@ -53,8 +53,8 @@ def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
                  else tuple(normalized_shape))
     else:
         shape = normalized_shape   # what the modules pass: no conversion
-    k = len(shape)
-    if k == 0 or x.dim() < k or x.shape[x.dim() - k:] != shape:
+    k, xs = len(shape), x.shape
+    if k == 0 or len(xs) < k or xs[len(xs) - k:] != shape:
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape "
             f"[*, {', '.join(map(str, shape))}], but got input of size{list(x.shape)}")
@@ -67,6 +67,29 @@ def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
     return shape
 
 
+_ROW_VIEWS: dict = {}
+
+
+def _rows(name: str, x: Tensor, normalized_shape, weight, bias):
+    """(x made contiguous, its RowView) after _normalized's checks.  The checks and
+    the view are memoised on what they read, so a steady-state call pays a dict
+    lookup, not the checks."""
+    hashable = type(normalized_shape) in (tuple, int)
+    view = None
+    if hashable:
+        key = (name, x.shape, x.dtype, normalized_shape, None if weight is None else weight.shape,
+               None if bias is None else bias.shape)
+        view = _ROW_VIEWS.get(key)
+    if view is None:
+        x, view = row_layout(x, math.prod(_normalized(name, x, normalized_shape, weight, bias)))
+        if hashable:
+            if len(_ROW_VIEWS) > 4096:  # a bound for shape-churning workloads
+                _ROW_VIEWS.clear()
+            _ROW_VIEWS[key] = view
+        return x, view
+    return x.contiguous(), view
+
+
 def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
     """A parameter as the dense vector the kernels index (a copy only if strided)."""
     if p is None or (p.dim() == 1 and p.is_contiguous()):
@@ -75,11 +98,11 @@ def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _check_devices(x: Tensor, *others: Optional[Tensor]) -> None:
-    # A GPU's index is an int, cheaper to compare than torch.device objects; -1 (CPU,
-    # meta) needs the devices themselves.
+    # Cheaper than comparing torch.device objects: a GPU's index (an int), or -1, which
+    # for a tensor our kernels take (use_triton) means the CPU, under the interpreter.
     where = x.get_device()
     for t in others:
-        if t is not None and (t.get_device() != where or (where < 0 and t.device != x.device)):
+        if t is not None and (t.get_device() != where if where >= 0 else not t.is_cpu):
             raise RuntimeError(
                 "Expected all tensors to be on the same device, but found at least two "
                 f"devices, {x.device} and {t.device}!")
@@ -90,26 +113,22 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                eps: float = 1e-5) -> Tensor:
     if not use_triton(input) or input.numel() == 0:
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
-    shape = _normalized("LayerNormKernelImpl", input, normalized_shape, weight, bias)
+    xv, view = _rows("LayerNormKernelImpl", input, normalized_shape, weight, bias)
     _check_devices(input, weight, bias)
-    x, weight, bias = _autocast("layer_norm", input, weight, bias)
-    xv, view = row_layout(x, math.prod(shape))
-    y = row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)
-    return y   # input's shape: row_layout keeps it
+    xv, weight, bias = _autocast("layer_norm", xv, weight, bias)
+    return row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)   # input's shape
 
 
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
     if not use_triton(input) or input.numel() == 0:
         return F.rms_norm(input, normalized_shape, weight, eps)
-    shape = _normalized("rms_norm", input, normalized_shape, weight, None)
+    xv, view = _rows("rms_norm", input, normalized_shape, weight, None)
     _check_devices(input, weight)
     if eps is None:
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    xv, view = row_layout(input, math.prod(shape))
-    y = row_norm(xv, _flat(weight), None, view, RMS, eps)
-    return y
+    return row_norm(xv, _flat(weight), None, view, RMS, eps)
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,

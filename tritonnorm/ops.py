@@ -122,7 +122,7 @@ class EagerNorm(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         # The statistics are this call's own tensors, which nobody else can modify: no
         # version check needed, so they ride on ctx.
-        ctx.call, ctx.stats, ctx.has_bias = call, (mean, rstd), bias is not None
+        ctx.state = (call, mean, rstd, bias is not None)
         if not with_stats:
             return y
         ctx.set_materialize_grads(False)
@@ -134,11 +134,11 @@ class EagerNorm(torch.autograd.Function):
         if dy is None:  # y took no part in the loss
             return None, None, None, None
         x, weight = ctx.saved_tensors
-        mean, rstd = ctx.stats
-        view, spec, eps, stats = ctx.call[:4]
+        call, mean, rstd, has_bias = ctx.state
+        view, spec, eps, stats = call[:4]
         need = ctx.needs_input_grad
         need_dw = weight is not None and need[1]
-        need_db = ctx.has_bias and need[2]
+        need_db = has_bias and need[2]
         dx, dw, db = row_backward(x, match_layout(dy, view), view, spec, weight, mean, rstd,
                                   need_dw, need_db, stats is not None, eps=eps)
         return dx if need[0] else None, dw, db, None
@@ -173,6 +173,10 @@ def eager(x: Tensor) -> bool:
             and type(x) in (torch.Tensor, torch.nn.Parameter))
 
 
+def _requires_grad(t) -> bool:
+    return t is not None and t.requires_grad
+
+
 def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None,
              with_stats=False):
     """Apply the row norm; returns y, or (y, mean, rstd) ``with_stats``.
@@ -183,7 +187,13 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
     Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
     update is functional plus a traced copy_."""
     if eager(x):
-        return _apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
+        if torch.is_grad_enabled() and (x.requires_grad or _requires_grad(weight)
+                                        or _requires_grad(bias)):
+            return _apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
+        # Nothing to differentiate (inference): no autograd node, the kernel alone.
+        mean, var = stats if stats is not None else (None, None)
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running)
+        return (y, mean, rstd) if with_stats else y
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
     stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
