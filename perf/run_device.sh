@@ -4,7 +4,8 @@
 #   env.txt      GPU, driver, torch and triton versions; the exit status of each stage
 #   pytest.txt   the test suite, compiled for the GPU (CUDA-graph and compile tests included)
 #   bench.txt    the log of the throughput sweep and of the model training steps
-#   bench.tgz    bench.csv, models.csv, summary.md, models.md and one PNG per norm and pass
+#   bench.tgz    bench.csv, models.csv, host.csv, summary.md, models.md, host.md and one PNG
+#                per norm and pass
 #   tune.txt     only with STAGES containing "tune": `tritonnorm tune --quick`, and
 #   tables.tgz   the tuning table it wrote (copy it into tritonnorm/tables/)
 # The device tool returns at most 8 files, so the many PNGs travel as one archive.
@@ -50,6 +51,8 @@ if [[ $STAGES == *bench* ]]; then
   stage sweep $((SWEEP_BUDGET_S + 40)) bench.txt python3 -m tritonnorm bench --suite sweep \
     --budget-s "$SWEEP_BUDGET_S" $(printf -- "--norm %s " $NORMS) --out "$OUT/bench"
   stage models "$MODELS_S" bench.txt python3 -m tritonnorm bench --suite models --dtype bfloat16 --out "$OUT/bench"
+  # Host time per eager call at tiny sizes, real launches: a few seconds.
+  stage host 60 bench.txt python3 -m tritonnorm bench --suite host --out "$OUT/bench"
   tar czf "$OUT/bench.tgz" -C "$OUT/bench" . && rm -rf "$OUT/bench"
 fi
 if [[ $STAGES == *tune* ]]; then

@@ -2,6 +2,7 @@
 plots and tables; the report computes speedups the way it says."""
 import csv
 
+import pytest
 import torch
 
 from tritonnorm.bench import COLUMNS, run_bench
@@ -52,3 +53,25 @@ def test_summary_reports_geomean_speedup_against_each_reference():
     table = summary(rows).splitlines()
     assert table[0] == "| norm | pass | vs torch | vs torch.compile | % of copy |"
     assert table[2] == "| layer | fwd | 4.00x | 0.50x | 50% |"   # sqrt(2 * 8) = 4
+
+
+def test_host_bench_times_every_pass_of_a_case_against_torch(tmp_path):
+    from tritonnorm.bench_host import COLUMNS as HOST_COLUMNS, run_host
+    rows = _read(run_host(tmp_path, cases=["layer", "batch eval"], calls=3, rounds=1))
+    assert list(rows[0]) == HOST_COLUMNS
+    assert [(r["case"], r["pass"]) for r in rows] == [
+        (c, p) for c in ("layer", "batch eval") for p in ("fwd", "fwd+bwd", "fwd no_grad")]
+    for r in rows:
+        assert float(r["torch_us"]) > 0 and float(r["tritonnorm_us"]) > 0
+        assert float(r["ratio"]) == pytest.approx(float(r["tritonnorm_us"]) / float(r["torch_us"]),
+                                                  rel=0.02)
+    assert "| layer | fwd |" in (tmp_path / "host.md").read_text()
+
+
+def test_host_bench_stubs_launches_only_inside_its_timing():
+    import triton.runtime.interpreter as interp
+    from tritonnorm.bench_host import _no_launches
+    before = interp.InterpretedFunction.run
+    with _no_launches():
+        assert interp.InterpretedFunction.run is not before
+    assert interp.InterpretedFunction.run is before

@@ -1,0 +1,94 @@
+"""Eager calls take the fast path (a plain autograd.Function, or no autograd node at
+all when nothing needs a gradient); traced calls take the torch.library custom ops.
+Both launch the same kernels through one launcher, so they agree bit for bit."""
+import copy
+
+import pytest
+import torch
+
+import tritonnorm
+from tritonnorm import ops
+
+# name -> (layer factory, input shape, channels_last, training)
+CASES = {
+    "layer": (lambda: tritonnorm.LayerNorm(40), (6, 40), False, True),
+    "layer 2-d shape": (lambda: tritonnorm.LayerNorm((4, 10)), (3, 4, 10), False, True),
+    "rms": (lambda: tritonnorm.RMSNorm(40), (6, 40), False, True),
+    "group": (lambda: tritonnorm.GroupNorm(3, 6), (2, 6, 5, 3), False, True),
+    "group nhwc": (lambda: tritonnorm.GroupNorm(3, 6), (2, 6, 5, 3), True, True),
+    "instance": (lambda: tritonnorm.InstanceNorm2d(6, affine=True, track_running_stats=True),
+                 (2, 6, 5, 3), False, True),
+    "batch train": (lambda: tritonnorm.BatchNorm2d(6), (4, 6, 5, 3), False, True),
+    "batch train nhwc": (lambda: tritonnorm.BatchNorm2d(6), (4, 6, 5, 3), True, True),
+    "batch cumulative": (lambda: tritonnorm.BatchNorm1d(6, momentum=None), (4, 6, 7), False, True),
+    "batch eval": (lambda: tritonnorm.BatchNorm2d(6), (4, 6, 5, 3), False, False),
+}
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _run(layer, x, g):
+    x = x.detach().clone().requires_grad_()
+    y = layer(x)
+    y.backward(g)
+    grads = [x.grad] + [p.grad for p in layer.parameters()]
+    return y, grads, [b.clone() for b in layer.buffers()]
+
+
+def _make(name, dtype):
+    make, shape, cl, training = CASES[name]
+    torch.manual_seed(0)
+    layer = make().to(dtype).train(training)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(0.5, 1.5)
+    x = torch.randn(shape, dtype=dtype) * 3 + 1
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return layer, x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CASES)
+def test_fast_path_and_custom_ops_agree_bitwise(name, dtype, monkeypatch):
+    layer, x = _make(name, dtype)
+    g = torch.randn(x.shape, dtype=dtype)
+    twin = copy.deepcopy(layer)
+    y_fast, grads_fast, bufs_fast = _run(layer, x, g)
+    assert type(y_fast.grad_fn).__name__ == "EagerNormBackward"
+    monkeypatch.setattr(ops, "eager", lambda x: False)
+    y_op, grads_op, bufs_op = _run(twin, x, g)
+    assert type(y_op.grad_fn).__name__ != "EagerNormBackward"
+    assert torch.equal(y_fast, y_op)
+    assert y_fast.stride() == y_op.stride()
+    for a, b in zip(grads_fast, grads_op):
+        assert torch.equal(a, b)
+    for a, b in zip(bufs_fast, bufs_op):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_eager_calls_never_reach_the_custom_ops(name, monkeypatch):
+    layer, x = _make(name, torch.float32)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an eager call went through the custom op")
+    monkeypatch.setattr(ops, "norm_fwd", refuse)
+    y = layer(x.requires_grad_())
+    y.sum().backward()
+    with torch.no_grad():
+        z = layer(x)
+    assert z.grad_fn is None   # no autograd node when nothing needs a gradient
+    # Training normalises by the batch, eval by running statistics that only a training
+    # forward moves: either way both forwards apply the same statistics.
+    torch.testing.assert_close(z, y.detach(), rtol=0, atol=0)
+
+
+def test_export_traces_the_custom_ops_and_runs_them():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1), tritonnorm.GroupNorm(3, 6),
+                                tritonnorm.BatchNorm2d(6).eval(), torch.nn.Flatten(),
+                                tritonnorm.LayerNorm(6 * 4 * 4), tritonnorm.RMSNorm(96)).eval()
+    x = torch.randn(2, 3, 4, 4)
+    ep = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "tritonnorm.norm_fwd.default" in targets
+    torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-6, atol=1e-6)
