@@ -76,7 +76,7 @@ NO_RUNNING, MOMENTUM, CUMULATIVE = 0, 1, 2
 _FWD = config.memo()
 _BWD = config.memo()
 _COLSUM = config.memo()
-_MOMENTUM: dict = {}
+_MOMENTUM = config.memo()
 
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
@@ -101,7 +101,7 @@ def _momentum_parts(momentum):
     parts = _MOMENTUM.get(momentum)
     if parts is None:
         hi = float(np.float32(momentum or 0.0))
-        parts = _MOMENTUM[momentum] = (hi, float(np.float32((momentum or 0.0) - hi)))
+        parts = config.remember(_MOMENTUM, momentum, (hi, float(np.float32((momentum or 0.0) - hi))))
     return parts
 
 
