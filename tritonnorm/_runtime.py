@@ -25,8 +25,32 @@ def _interpreter_scalar_index() -> None:
     interpreter._patch_lang_tensor = patched
 
 
+def _interpreter_bf16_rounding() -> None:
+    """A GPU rounds fp32 -> bf16 to nearest even (Triton's default for every float
+    downcast); the interpreter truncates, which doubles the error of bf16 outputs.
+    Round to nearest even there too, on the bits; NaN stays a quiet NaN."""
+    import numpy as np
+    from triton.runtime import interpreter
+    convert = getattr(interpreter, "_convert_float", None)
+    if convert is None or getattr(convert, "_rounds", False):
+        return
+    import triton.language as tl
+    rtz = interpreter._ir.ROUNDING_MODE.RTZ
+
+    def patched(input, input_dtype, output_dtype, rounding_mode):
+        if input_dtype != tl.float32 or output_dtype != tl.bfloat16 or rounding_mode == rtz:
+            return convert(input, input_dtype, output_dtype, rounding_mode)
+        bits = np.frombuffer(np.ascontiguousarray(input).tobytes(), dtype=np.uint32).reshape(input.shape)
+        rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+        nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        return np.where(nan, ((bits >> 16) | 0x0040).astype(np.uint16), rounded)
+    patched._rounds = True
+    interpreter._convert_float = patched
+
+
 if INTERPRET:
     _interpreter_scalar_index()
+    _interpreter_bf16_rounding()
 
 
 def use_triton(x: torch.Tensor) -> bool:

@@ -13,6 +13,7 @@ norm, flags) -- the config, the grid, the runtime ints and the constexprs -- is 
 ``_Launch`` built once and memoised (config.memo), so a steady-state call is a
 dict lookup, the allocation of its outputs and the launch.
 """
+import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import triton.language as tl
 
 from . import config
+from ._runtime import INTERPRET
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView
 
@@ -31,6 +33,26 @@ def acc_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _tl(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# Triton's interpreter patches module globals while any kernel runs, so two threads
+# interpreting at once -- the same kernel or not -- break each other.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def _runner(kernel):
+    """``kernel.run``.  Under the interpreter, launches take one lock, and look ``run``
+    up at each call (the CPU tools patch it).  A GPU launch takes no lock."""
+    if not INTERPRET:
+        return kernel.run
+
+    def run(*args, **kwargs):
+        with _INTERPRETER_LOCK:
+            return kernel.run(*args, **kwargs)
+    return run
+
+
+_run_fwd, _run_bwd, _run_column_sum = (_runner(k) for k in (row_norm_fwd, row_norm_bwd, column_sum))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -114,7 +136,7 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
         rm_out, rv_out = running[4:] if len(running) > 4 else (rm, rv)
         nbt = mean if nbt is None else nbt
         mom_hi, mom_lo = _momentum_parts(momentum)
-    row_norm_fwd.run(  # kernel.run(..., grid=): what kernel[grid](...) calls, less a repack
+    _run_fwd(  # kernel.run(..., grid=): what kernel[grid](...) calls, less a repack
         x, y, x if weight is None else weight, x if bias is None else bias,
         mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
         *L.ints, eps, mom_hi, mom_lo, *L.consts, grid=L.grid, warmup=False, **L.opts)
@@ -231,7 +253,7 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
 
 
 def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps):
-    row_norm_bwd.run(
+    _run_bwd(
         x, dy, dx, weight if weight is not None else x, mean, rstd, part,
         dwb if dwb is not None else rstd, *L.ints, count, eps, *L.consts, grid=L.grid,
         warmup=False, **L.opts)
@@ -292,6 +314,6 @@ def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, 
     grid, block_a, block_k = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)
     second = torch.empty(k - k1, dtype=out_dtype, device=partials.device)
-    column_sum.run(partials, first, second, a, k, k1, BLOCK_A=block_a, BLOCK_K=block_k, grid=grid,
-                   warmup=False)
+    _run_column_sum(partials, first, second, a, k, k1, BLOCK_A=block_a, BLOCK_K=block_k,
+                    grid=grid, warmup=False)
     return first, second

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import composite
 from .dispatch import acc_dtype, row_backward, row_forward
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RowView, match_layout
 
@@ -122,7 +123,7 @@ class EagerNorm(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         # The statistics are this call's own tensors, which nobody else can modify: no
         # version check needed, so they ride on ctx.
-        ctx.state = (call, mean, rstd, bias is not None)
+        ctx.state = (call, mean, rstd, bias)   # bias: for its shape and dtype only
         if not with_stats:
             return y
         ctx.set_materialize_grads(False)
@@ -134,11 +135,13 @@ class EagerNorm(torch.autograd.Function):
         if dy is None:  # y took no part in the loss
             return None, None, None, None
         x, weight = ctx.saved_tensors
-        call, mean, rstd, has_bias = ctx.state
+        call, mean, rstd, bias = ctx.state
         view, spec, eps, stats = call[:4]
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():   # create_graph=True: gradients that are differentiable
+            return composite.backward(x, weight, bias, dy, view, spec, eps, stats, need) + (None,)
         need_dw = weight is not None and need[1]
-        need_db = has_bias and need[2]
+        need_db = bias is not None and need[2]
         dx, dw, db = row_backward(x, match_layout(dy, view), view, spec, weight, mean, rstd,
                                   need_dw, need_db, stats is not None, eps=eps)
         return dx if need[0] else None, dw, db, None
@@ -186,6 +189,10 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
     are updated with the batch statistics (momentum None: cumulative average).
     Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
     update is functional plus a traced copy_."""
+    if not torch.compiler.is_compiling() and composite.transforming():
+        # torch.func transforms and forward-mode AD: torch ops, differentiated by torch.
+        y, mean, rstd = composite.row_norm(x, weight, bias, view, spec, eps, stats, running)
+        return (y, mean, rstd) if with_stats else y
     if eager(x):
         if torch.is_grad_enabled() and (x.requires_grad or _requires_grad(weight)
                                         or _requires_grad(bias)):
