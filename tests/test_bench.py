@@ -63,8 +63,9 @@ def test_host_bench_times_every_pass_of_a_case_against_torch(tmp_path):
         (c, p) for c in ("layer", "batch eval") for p in ("fwd", "fwd+bwd", "fwd no_grad")]
     for r in rows:
         assert float(r["torch_us"]) > 0 and float(r["tritonnorm_us"]) > 0
+        # The ratio is written with two decimals.
         assert float(r["ratio"]) == pytest.approx(float(r["tritonnorm_us"]) / float(r["torch_us"]),
-                                                  rel=0.02)
+                                                  rel=0.02, abs=0.006)
     assert "| layer | fwd |" in (tmp_path / "host.md").read_text()
 
 
