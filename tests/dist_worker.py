@@ -110,7 +110,27 @@ def ddp_training(rank, world):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-JOBS = {f.__name__: f for f in (sync_vs_batchnorm, count_collectives, subgroup, ddp_training)}
+def second_order(rank, world):
+    """fp64, uneven split: a gradient-penalty step (create_graph=True, so double
+    backward with its cross-rank terms) and a forward-mode tangent (torch.func.jvp)."""
+    import tritonnorm
+    m = tritonnorm.SyncBatchNorm(3, track_running_stats=False).double()
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([0.5, 1.0, 1.5]))
+        m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    sizes = SPLITS[world]["uneven"]
+    x, k = (_slice(t, sizes, rank).double() for t in global_batch(0))
+    x.requires_grad_()
+    y = m(x)
+    (gx,) = torch.autograd.grad((y.square() * k).sum(), x, create_graph=True)
+    (y.sum() + gx.square().sum()).backward()
+    v = _slice(global_batch(1)[0], sizes, rank).double()
+    _, tangent = torch.func.jvp(m, (x.detach(),), (v,))
+    return dict(dx=x.grad, dw=m.weight.grad, db=m.bias.grad, tangent=tangent)
+
+
+JOBS = {f.__name__: f for f in (sync_vs_batchnorm, count_collectives, subgroup, ddp_training,
+                                 second_order)}
 
 
 def run(rank, world, port, job, out_dir):

@@ -127,12 +127,40 @@ def test_world_of_one_behaves_as_batchnorm(tmp_path):
         dist.destroy_process_group()
 
 
-def test_training_without_a_process_group_is_a_clear_error():
+def test_training_without_a_process_group_normalises_the_local_batch_as_torch():
     assert not dist.is_initialized()
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        tritonnorm.SyncBatchNorm(3)(torch.randn(4, 3, 2, 2))
-    m = tritonnorm.SyncBatchNorm(3).eval()
-    assert m(torch.randn(4, 3, 2, 2)).shape == (4, 3, 2, 2)  # eval needs no process group
+    ours, ref = tritonnorm.SyncBatchNorm(3), nn.SyncBatchNorm(3)
+    for step in range(2):
+        x, dy = global_batch(step)
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        ys = [m(xi) for m, xi in zip((ours, ref), xs)]
+        for yi in ys:
+            yi.backward(dy)
+        torch.testing.assert_close(ys[0], ys[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert ours.eval()(x).shape == x.shape
+
+
+def test_second_order_and_forward_mode_over_two_ranks_match_batchnorm(tmp_path):
+    """fp64 against BatchNorm on the global batch: a gradient-penalty step, whose
+    backward differentiates the backward with its cross-rank sums, and a jvp."""
+    ranks = spawn("second_order", 2, tmp_path)
+    bn = nn.BatchNorm2d(3, track_running_stats=False).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 1.5]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x, k = (t.double() for t in global_batch(0))
+    x.requires_grad_()
+    y = bn(x)
+    (gx,) = torch.autograd.grad((y.square() * k).sum(), x, create_graph=True)
+    (y.sum() + gx.square().sum()).backward()
+    _, tangent = torch.func.jvp(bn, (x.detach(),), (global_batch(1)[0].double(),))
+    close = dict(atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(torch.cat([r["dx"] for r in ranks]), x.grad, **close)
+    torch.testing.assert_close(sum(r["dw"] for r in ranks), bn.weight.grad, **close)
+    torch.testing.assert_close(sum(r["db"] for r in ranks), bn.bias.grad, **close)
+    torch.testing.assert_close(torch.cat([r["tangent"] for r in ranks]), tangent, **close)
 
 
 def test_convert_sync_batchnorm_keeps_weights_and_buffers():

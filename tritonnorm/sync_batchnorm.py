@@ -14,11 +14,14 @@ is exact-stable in one collective, for 3 * C * world floats -- tiny next to
 the activations.  Counts stay on the device: no host sync, so a training step
 can be captured in a CUDA graph.
 """
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
+from . import composite
 from . import functional as TF
 from ._runtime import use_triton
 from .dispatch import acc_dtype, backward_partials, forward_partials, row_backward, row_forward
@@ -59,12 +62,15 @@ class SyncBatchNormFunction(torch.autograd.Function):
         y, mean, rstd = row_forward(x, view, BATCH, weight, bias, eps, running=running,
                                     partials=partials)
         ctx.save_for_backward(x, weight, mean, rstd, count)
-        ctx.view, ctx.group, ctx.has_bias = view, group, bias is not None
+        ctx.view, ctx.group, ctx.bias, ctx.eps = view, group, bias, eps
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, mean, rstd, count = ctx.saved_tensors
+        if torch.is_grad_enabled():   # create_graph=True: differentiable gradients
+            return _composite_backward(x, weight, ctx.bias, dy, ctx.eps, ctx.group,
+                                       ctx.needs_input_grad) + (None,) * 6
         view = ctx.view
         dy = match_layout(dy, view)
         if x.numel():
@@ -75,27 +81,93 @@ class SyncBatchNormFunction(torch.autograd.Function):
         sums = (sums / count.clamp_min(1)).unsqueeze(1)           # global means, (C, 1, 2)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         dx, dw, db = row_backward(x, dy, view, BATCH, weight, mean, rstd, need_dw,
-                                  need_db and ctx.has_bias, partials=sums, count=1.0)
+                                  need_db and ctx.bias is not None, partials=sums, count=1.0)
         return (dx if need_dx else None), dw, db, None, None, None, None, None, None
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks of ``group``, differentiable in both modes and to any
+    order: the sum is linear, so its backward and its tangent are the same sum
+    (the backward sums each rank's share of a loss summed over the ranks)."""
+
+    @staticmethod
+    def forward(t, group):
+        out = t.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.group = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad, ctx.group), None
+
+    @staticmethod
+    def jvp(ctx, tangent, _):
+        out = tangent.clone()
+        dist.all_reduce(out, group=ctx.group)
+        return out
+
+
+def composite_forward(x, weight, bias, eps, group, running=None):
+    """SyncBatchNorm in torch ops, with a differentiable all_reduce: the path for
+    forward-mode AD, torch.func transforms and gradients of gradients, whose
+    cross-rank terms need the same sums again.  ``running`` as in row_forward:
+    updated in place with the global statistics."""
+    def all_reduce(t, group):
+        return _AllReduceSum.apply(t, group)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n, c, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    x3 = x.reshape(n, c, s).transpose(0, 1).reshape(c, n * s).to(acc)     # [C, local batch]
+    count = x3.new_full((1,), float(n * s))
+    dist.all_reduce(count, group=group)
+    mean = all_reduce(x3.sum(1), group=group) / count
+    d = x3 - mean[:, None]
+    var = all_reduce(d.square().sum(1), group=group) / count
+    y3 = d * torch.rsqrt(var + eps)[:, None]
+    if weight is not None:
+        y3 = y3 * weight.to(acc)[:, None]
+    if bias is not None:
+        y3 = y3 + bias.to(acc)[:, None]
+    if running is not None:
+        with torch.no_grad():
+            rm, rv, momentum, tracked = running
+            f = (1.0 / tracked) if momentum is None else momentum
+            unbiased = var.detach() * count / (count - 1).clamp_min(1)
+            rm.mul_(1 - f).add_((f * mean.detach()).to(rm.dtype))
+            rv.mul_(1 - f).add_((f * unbiased).to(rv.dtype))
+    return y3.reshape(c, n, s).transpose(0, 1).reshape(x.shape).to(x.dtype)
+
+
+def _composite_backward(x, weight, bias, dy, eps, group, needs):
+    """(dx, dw, db) as differentiable functions of x, weight and dy; the bias's value
+    enters none of them, so a zero stands in for it."""
+    with torch.enable_grad():
+        if bias is not None:
+            bias = torch.zeros_like(bias, requires_grad=True)
+        y = composite_forward(x, weight, bias, eps, group)
+        wanted = [(needs[0], x), (needs[1] and weight is not None, weight),
+                  (needs[2] and bias is not None, bias)]
+        inputs = [t for want, t in wanted if want]
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
+                     if inputs else ())
+        return tuple(next(grads) if want else None for want, _ in wanted)
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):
     """torch.nn.SyncBatchNorm with Triton kernels and one collective per pass.
 
-    Unlike torch's, training without an initialised process group is an error
-    (torch silently stops synchronising), and CPU tensors work with gloo."""
+    As torch's, it normalises by the local batch when no process group is
+    initialised; unlike torch's, CPU tensors work with gloo."""
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
         group = None
-        if bn_training and self.training:
-            if not (dist.is_available() and dist.is_initialized()):
-                raise RuntimeError(
-                    "SyncBatchNorm in training needs an initialised torch.distributed process "
-                    "group (torch.distributed.init_process_group); call .eval() for inference, "
-                    "or use BatchNorm for single-process training")
+        if bn_training and self.training and dist.is_available() and dist.is_initialized():
             group = self.process_group or dist.group.WORLD
             if dist.get_world_size(group) > 1 and not use_triton(input):
                 raise ValueError(
@@ -104,6 +176,10 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if group is None or dist.get_world_size(group) == 1:
             return TF.batch_norm_tracked(input, running_mean, running_var, self.weight, self.bias,
                                          bn_training, momentum, self.eps, tracked)
+        if composite.transforming():   # torch.func transforms, forward-mode AD
+            running = None if running_mean is None else (running_mean, running_var, momentum,
+                                                         tracked)
+            return composite_forward(input, self.weight, self.bias, self.eps, group, running)
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
                                            running_var, tracked, momentum, self.eps, group)
 
