@@ -71,8 +71,10 @@ def test_host_bench_times_every_pass_of_a_case_against_torch(tmp_path):
 
 def test_host_bench_stubs_launches_only_inside_its_timing():
     import triton.runtime.interpreter as interp
+    from tritonnorm import dispatch
     from tritonnorm.bench_host import _no_launches
-    before = interp.InterpretedFunction.run
+    before = interp.InterpretedFunction.run, dispatch._run_fwd
     with _no_launches():
-        assert interp.InterpretedFunction.run is not before
-    assert interp.InterpretedFunction.run is before
+        assert interp.InterpretedFunction.run is not before[0]
+        assert dispatch._run_fwd is not before[1]
+    assert (interp.InterpretedFunction.run, dispatch._run_fwd) == before

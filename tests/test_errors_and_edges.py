@@ -33,6 +33,37 @@ BAD_INPUT = [
     ("BN integer dtype", lambda m: m.functional.batch_norm(torch.arange(12).view(2, 3, 2), None, None, training=True), None),
     ("GN weight on another device", lambda m: m.functional.group_norm(
         torch.randn(2, 4, 3), 2, torch.ones(4, device="meta")), None),
+    # Argument types, as torch's argument parser checks them.
+    ("BN functional momentum=None", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=None), None),
+    ("GN float num_groups", lambda m: m.functional.group_norm(torch.randn(2, 4, 3), 2.0), None),
+    ("LN float normalized_shape", lambda m: m.functional.layer_norm(torch.randn(2, 3), (3.0,)), None),
+    ("RMS float normalized_shape", lambda m: m.functional.rms_norm(torch.randn(2, 3), (3.0,)), None),
+    # Statistics and eps.
+    ("BN eval with running_var only", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), None, torch.ones(3)), None),
+    ("BN eval with running_mean only", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), torch.zeros(3), None), None),
+    ("BN training with running_var only", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), None, torch.ones(3), training=True), None),
+    ("BN eps 0 in training", lambda m: m.BatchNorm1d(3, eps=0.0)(torch.randn(4, 3)), nn),
+    ("BN eps < 0 in eval", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1e-5), None),
+    ("IN empty 1-d input", lambda m: m.functional.instance_norm(torch.randn(0)), None),
+    # Mixed dtypes that torch refuses (it takes fp32 parameters beside fp16/bf16 input only).
+    ("LN fp16 module, fp32 input", lambda m: m.LayerNorm(4).half()(torch.randn(2, 4)), nn),
+    ("LN fp32 module, fp64 input", lambda m: m.LayerNorm(4)(torch.randn(2, 4, dtype=torch.float64)), nn),
+    ("GN fp32 module, fp64 input", lambda m: m.GroupNorm(2, 4)(torch.randn(2, 4, 3, dtype=torch.float64)), nn),
+    ("GN bf16 weight, fp32 input", lambda m: m.functional.group_norm(
+        torch.randn(2, 4, 3), 2, torch.ones(4, dtype=torch.bfloat16)), None),
+    ("BN fp16 module, fp32 input", lambda m: m.BatchNorm1d(3).half()(torch.randn(4, 3)), nn),
+    ("BN fp32 module, fp64 input", lambda m: m.BatchNorm1d(3)(torch.randn(4, 3, dtype=torch.float64)), nn),
+    ("BN int64 weight", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), torch.zeros(3), torch.ones(3), torch.ones(3, dtype=torch.int64)), None),
+    ("BN fp16 running stats, fp32 input", lambda m: m.functional.batch_norm(
+        torch.randn(4, 3), torch.zeros(3).half(), torch.ones(3).half(), training=True), None),
+    ("IN fp64 weight, fp32 input", lambda m: m.functional.instance_norm(
+        torch.randn(2, 3, 4), weight=torch.ones(3, dtype=torch.float64)), None),
 ]
 
 
@@ -124,3 +155,16 @@ def test_cpu_tensor_without_interpreter_falls_back_to_torch(monkeypatch):
                       (tritonnorm.InstanceNorm1d(4), nn.InstanceNorm1d(4)), (tritonnorm.RMSNorm(5), nn.RMSNorm(5))]:
         assert torch.equal(ours(x), ref(x))
     assert calls == [], "no kernel may be launched for a CPU tensor without the interpreter"
+
+
+def test_memoised_checks_still_refuse_a_float_that_equals_a_valid_int():
+    """The host path memoises its checks per call signature; 3.0 == 3 as a dict key, but
+    torch refuses the float, so we must too, after the int call was remembered."""
+    x = torch.randn(2, 3)
+    TF.layer_norm(x, (3,))
+    with pytest.raises(TypeError):
+        TF.layer_norm(x, (3.0,))
+    xg = torch.randn(2, 4, 3)
+    TF.group_norm(xg, 2)
+    with pytest.raises(TypeError):
+        TF.group_norm(xg, 2.0)

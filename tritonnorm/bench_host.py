@@ -44,14 +44,24 @@ COLUMNS = ["device", "torch", "triton", "timestamp", "case", "pass", "shape", "d
 
 @contextlib.contextmanager
 def _no_launches():
-    """Under the interpreter: every Triton launch returns at once, running nothing."""
+    """Under the interpreter: every Triton launch returns at once, running nothing.
+    The launchers dispatch calls (on a GPU, ``kernel.run`` itself; here also the
+    interpreter's lock) become no-ops, so what remains is what a GPU call pays
+    before Triton's own launcher."""
     from triton.runtime import interpreter
-    old = interpreter.InterpretedFunction.run
+
+    from . import dispatch
+    names = ("_run_fwd", "_run_bwd", "_run_column_sum")
+    old = interpreter.InterpretedFunction.run, [getattr(dispatch, n) for n in names]
     interpreter.InterpretedFunction.run = lambda self, *args, **kwargs: None
+    for n in names:
+        setattr(dispatch, n, lambda *args, **kwargs: None)
     try:
         yield
     finally:
-        interpreter.InterpretedFunction.run = old
+        interpreter.InterpretedFunction.run = old[0]
+        for n, f in zip(names, old[1]):
+            setattr(dispatch, n, f)
 
 
 def _per_call_us(fn, calls: int, on_gpu: bool) -> float:

@@ -1,17 +1,17 @@
 """torch.nn.functional-compatible entry points.
 
 Each function takes torch's signature and defaults.  Inputs that Triton cannot
-run on (a CPU tensor without the interpreter) and empty inputs go to
-torch.nn.functional unchanged.
+run on (a CPU tensor without the interpreter), empty inputs and calls recorded by
+torch.jit.trace (TorchScript cannot call Triton) go to torch.nn.functional unchanged.
 """
 import math
-import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import checks
 from ._runtime import use_triton
 from .ops import row_norm
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
@@ -30,64 +30,77 @@ def _autocast(name: str, *tensors):
     return tensors
 
 
-def _check_dtype(name: str, x: Tensor) -> None:
-    if not x.is_floating_point():
-        raise NotImplementedError(f'"{name}" not implemented for \'{x.dtype}\'')
-
-
-def _check_size(name: str, t: Optional[Tensor], c: int) -> None:
-    if t is not None and t.numel() != c:
-        raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
-
-
-def _check_vector(name: str, t: Optional[Tensor], c: int, x: Tensor) -> None:
-    if t is not None and (t.dim() != 1 or t.numel() != c):
-        raise RuntimeError(
-            f"Expected {name} to be a vector of size equal to the number of channels in "
-            f"input, but got {name} of shape {list(t.shape)} and input of shape {list(x.shape)}")
-
-
-def _normalized(name: str, x: Tensor, normalized_shape, weight, bias):
-    if type(normalized_shape) is not tuple:
-        shape = ((normalized_shape,) if isinstance(normalized_shape, numbers.Integral)
-                 else tuple(normalized_shape))
-    else:
-        shape = normalized_shape   # what the modules pass: no conversion
-    k, xs = len(shape), x.shape
-    if k == 0 or len(xs) < k or xs[len(xs) - k:] != shape:
-        raise RuntimeError(
-            f"Given normalized_shape={list(shape)}, expected input with shape "
-            f"[*, {', '.join(map(str, shape))}], but got input of size{list(x.shape)}")
-    for pname, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != shape:
-            raise RuntimeError(
-                f"Expected {pname} to be of same shape as normalized_shape, but got {pname} "
-                f"of shape {list(p.shape)} and normalized_shape = {list(shape)}")
-    _check_dtype(name, x)
-    return shape
-
-
 _ROW_VIEWS: dict = {}
 
 
+def _jit_tracing() -> bool:
+    # torch._C._is_tracing is the cheap call, but dynamo cannot trace it: ask it only
+    # outside torch.compile (where is_compiling() folds to a constant).
+    return not torch.compiler.is_compiling() and torch._C._is_tracing()
+
+
+def _torch_path(x: Tensor) -> bool:
+    """Calls that torch.nn.functional serves: see the module docstring."""
+    return _jit_tracing() or not use_triton(x) or x.numel() == 0
+
+
 def _rows(name: str, x: Tensor, normalized_shape, weight, bias):
-    """(x made contiguous, its RowView) after _normalized's checks.  The checks and
+    """(x made contiguous, its RowView) after the checks of checks.normalized.  The checks and
     the view are memoised on what they read, so a steady-state call pays a dict
     lookup, not the checks."""
-    hashable = type(normalized_shape) in (tuple, int)
+    # Only ints in the key: (3.0,) == (3,) as a dict key, yet torch refuses the float.
+    t = type(normalized_shape)
+    hashable = t is int or (t is tuple and (
+        type(normalized_shape[0]) is int if len(normalized_shape) == 1
+        else all(type(d) is int for d in normalized_shape)))
     view = None
     if hashable:
-        key = (name, x.shape, x.dtype, normalized_shape, None if weight is None else weight.shape,
-               None if bias is None else bias.shape)
+        key = (name, x.shape, x.dtype, normalized_shape,
+               None if weight is None else (weight.shape, weight.dtype),
+               None if bias is None else (bias.shape, bias.dtype))
         view = _ROW_VIEWS.get(key)
     if view is None:
-        x, view = row_layout(x, math.prod(_normalized(name, x, normalized_shape, weight, bias)))
+        checks.float_input(name, x)
+        if name != "rms_norm":
+            checks.param_dtypes(x, weight, bias)
+        x, view = row_layout(x, math.prod(checks.normalized(
+            "rms_norm" if name == "rms_norm" else "layer_norm", x, normalized_shape, weight, bias)))
         if hashable:
             if len(_ROW_VIEWS) > 4096:  # a bound for shape-churning workloads
                 _ROW_VIEWS.clear()
             _ROW_VIEWS[key] = view
         return x, view
     return x.contiguous(), view
+
+
+def _meta(p: Optional[Tensor]):
+    return None if p is None else (p.shape, p.dtype)
+
+
+def _group_view(x: Tensor, num_groups: int, weight, bias):
+    """(view, dense) of a GroupNorm call after its checks, memoised like _rows;
+    ``dense``: x is addressed as it is (else it is made contiguous first)."""
+    checks.integer("group_norm", "num_groups", 2, num_groups)   # before the key: 2.0 == 2
+    key = ("group", x.shape, x.stride(), x.dtype, num_groups, _meta(weight), _meta(bias))
+    hit = _ROW_VIEWS.get(key)
+    if hit is not None:
+        return hit
+    if x.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {x.dim()}")
+    c = x.shape[1]
+    if num_groups <= 0 or c % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {list(x.shape)} and num_groups={num_groups}")
+    checks.vector("weight", weight, c, x)
+    checks.vector("bias", bias, c, x)
+    checks.float_input("GroupNormKernelImpl", x)
+    checks.param_dtypes(x, weight, bias)
+    xv, view = channel_layout(x, num_groups)
+    if len(_ROW_VIEWS) > 4096:
+        _ROW_VIEWS.clear()
+    hit = _ROW_VIEWS[key] = (view, xv is x)
+    return hit
 
 
 def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
@@ -97,34 +110,24 @@ def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
     return p.reshape(-1).contiguous()
 
 
-def _check_devices(x: Tensor, *others: Optional[Tensor]) -> None:
-    # Cheaper than comparing torch.device objects: a GPU's index (an int), or -1, which
-    # for a tensor our kernels take (use_triton) means the CPU, under the interpreter.
-    where = x.get_device()
-    for t in others:
-        if t is not None and (t.get_device() != where if where >= 0 else not t.is_cpu):
-            raise RuntimeError(
-                "Expected all tensors to be on the same device, but found at least two "
-                f"devices, {x.device} and {t.device}!")
-
-
 def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                eps: float = 1e-5) -> Tensor:
-    if not use_triton(input) or input.numel() == 0:
+    if _torch_path(input):
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
     xv, view = _rows("LayerNormKernelImpl", input, normalized_shape, weight, bias)
-    _check_devices(input, weight, bias)
-    xv, weight, bias = _autocast("layer_norm", xv, weight, bias)
+    checks.devices(input, weight, bias)
+    if input.is_cuda:
+        xv, weight, bias = _autocast("layer_norm", xv, weight, bias)
     return row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)   # input's shape
 
 
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
-    if not use_triton(input) or input.numel() == 0:
+    if _torch_path(input):
         return F.rms_norm(input, normalized_shape, weight, eps)
     xv, view = _rows("rms_norm", input, normalized_shape, weight, None)
-    _check_devices(input, weight)
+    checks.devices(input, weight)
     if eps is None:
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
@@ -133,53 +136,42 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
-    if not use_triton(input) or input.numel() == 0:
+    if _torch_path(input):
         return F.group_norm(input, num_groups, weight, bias, eps)
-    if input.dim() < 2:
-        raise RuntimeError(
-            f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
-    c = input.shape[1]
-    if num_groups <= 0 or c % num_groups != 0:
-        raise RuntimeError(
-            "Expected number of channels in input to be divisible by num_groups, but got "
-            f"input of shape {list(input.shape)} and num_groups={num_groups}")
-    _check_vector("weight", weight, c, input)
-    _check_vector("bias", bias, c, input)
-    _check_dtype("GroupNormKernelImpl", input)
-    _check_devices(input, weight, bias)
+    view, dense = _group_view(input, num_groups, weight, bias)
+    checks.devices(input, weight, bias)
     x, weight, bias = _autocast("group_norm", input, weight, bias)
-    xv, view = channel_layout(x, num_groups)
-    y = row_norm(xv, _flat(weight), _flat(bias), view, GROUP, eps)
-    return y
+    return row_norm(x if dense else x.contiguous(), _flat(weight), _flat(bias), view, GROUP, eps)
 
 
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    if not use_triton(input):
+    if _jit_tracing() or not use_triton(input):
         return F.instance_norm(input, running_mean, running_var, weight, bias,
                                use_input_stats, momentum, eps)
-    if input.numel() == 0:
-        return _empty_instance_norm(input, weight, bias)
-    if input.dim() < 2:
-        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-    if use_input_stats and math.prod(input.shape[2:]) == 1:
+    if use_input_stats and math.prod(input.shape[2:]) == 1:   # torch's first check
         raise ValueError(
             f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    if input.dim() < 2:
+        raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    if input.numel() == 0:
+        return _empty_instance_norm(input, weight, bias)
     c = input.shape[1]
-    _check_vector("weight", weight, c, input)
-    _check_vector("bias", bias, c, input)
-    _check_dtype("instance_norm", input)
-    _check_devices(input, weight, bias, running_mean, running_var)
+    checks.vector("weight", weight, c, input)
+    checks.vector("bias", bias, c, input)
+    checks.float_input("instance_norm", input)
+    checks.param_dtypes(input, weight, bias, running_mean, running_var)
+    checks.devices(input, weight, bias, running_mean, running_var)
     weight, bias = _flat(weight), _flat(bias)
     xv, view = channel_layout(input, c)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise RuntimeError(
                 "Expected running_mean and running_var to be defined when use_input_stats is false")
-        _check_vector("running_mean", running_mean, c, input)
-        _check_vector("running_var", running_var, c, input)
+        checks.vector("running_mean", running_mean, c, input)
+        checks.vector("running_var", running_var, c, input)
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
         y = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
         return y
@@ -226,37 +218,43 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     """batch_norm, where momentum=None with ``num_batches_tracked`` (already
     incremented) means the cumulative average 1 / num_batches_tracked, computed
     on the device: no host sync."""
-    if not use_triton(input) or input.numel() == 0:
+    if momentum is None and num_batches_tracked is None:   # torch's argument parser
+        raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, not NoneType")
+    if _jit_tracing() or not use_triton(input) or input.numel() == 0:
         if momentum is None:
-            momentum = 1.0 / float(num_batches_tracked) if num_batches_tracked is not None else 0.0
+            momentum = 1.0 / float(num_batches_tracked)
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if not training and (running_mean is None or running_var is None):
+        missing = "running_mean" if running_mean is None else "running_var"
+        raise RuntimeError(f"{missing} must be defined in evaluation mode")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     c = input.shape[1] if input.dim() > 1 else 0
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        _check_size(name, t, c)
+        checks.size(name, t, c)
     if input.dim() < 2:
         raise RuntimeError(f"batch_norm expects input of shape (N, C, *), got {input.dim()}-d input")
     if training and input.numel() // c == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    _check_dtype("batch_norm", input)
-    _check_devices(input, weight, bias, running_mean, running_var)
+    checks.batch_norm_eps(eps, training)
+    checks.float_input("batch_norm", input)
+    checks.param_dtypes(input, weight, bias, running_mean, running_var)
+    checks.devices(input, weight, bias, running_mean, running_var)
     weight, bias = _flat(weight), _flat(bias)
     xv, view = batch_layout(input)
     if not training:
-        if running_mean is None:
-            raise RuntimeError("running_mean must be defined in evaluation mode")
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
-        y = row_norm(xv, weight, bias, view, BATCH, eps, stats)
-        return y
-    running = None
-    if running_mean is not None:
-        if not (running_mean.is_contiguous() and running_var.is_contiguous()):
-            raise RuntimeError("running_mean and running_var must be contiguous to be updated in place")
-        running = (running_mean, running_var, momentum, num_batches_tracked)
-        if momentum is None and num_batches_tracked is None:
-            raise ValueError("momentum=None needs num_batches_tracked for the cumulative average")
-    y = row_norm(xv, weight, bias, view, BATCH, eps, running=running)
+        return row_norm(xv, weight, bias, view, BATCH, eps, stats)
+    if running_mean is None:
+        return row_norm(xv, weight, bias, view, BATCH, eps)
+    # The kernel updates the statistics in place; strided buffers go through a
+    # contiguous copy and back, so torch's in-place contract holds for them too.
+    rm, rv = running_mean.contiguous(), running_var.contiguous()
+    y = row_norm(xv, weight, bias, view, BATCH, eps, running=(rm, rv, momentum, num_batches_tracked))
+    with torch.no_grad():
+        for buf, new in ((running_mean, rm), (running_var, rv)):
+            if new is not buf:
+                buf.copy_(new)
     return y

@@ -153,14 +153,11 @@ def _fast_apply():
     way torch does.  Falls back to EagerNorm.apply where torch lacks the pieces."""
     try:
         c_apply = super(torch.autograd.Function, EagerNorm).apply
-        active = torch._C._are_functorch_transforms_active
         unwrap = torch._C._functorch.unwrap_if_dead
     except AttributeError:
         return EagerNorm.apply
 
-    def apply(x, weight, bias, call):
-        if active():
-            return EagerNorm.apply(x, weight, bias, call)
+    def apply(x, weight, bias, call):   # row_norm has ruled out functorch transforms
         return c_apply(unwrap(x), weight if weight is None else unwrap(weight),
                        bias if bias is None else unwrap(bias), call)
     return apply
@@ -176,10 +173,6 @@ def eager(x: Tensor) -> bool:
             and type(x) in (torch.Tensor, torch.nn.Parameter))
 
 
-def _requires_grad(t) -> bool:
-    return t is not None and t.requires_grad
-
-
 def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None,
              with_stats=False):
     """Apply the row norm; returns y, or (y, mean, rstd) ``with_stats``.
@@ -189,13 +182,14 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
     are updated with the batch statistics (momentum None: cumulative average).
     Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
     update is functional plus a traced copy_."""
-    if not torch.compiler.is_compiling() and composite.transforming():
-        # torch.func transforms and forward-mode AD: torch ops, differentiated by torch.
-        y, mean, rstd = composite.row_norm(x, weight, bias, view, spec, eps, stats, running)
-        return (y, mean, rstd) if with_stats else y
     if eager(x):
-        if torch.is_grad_enabled() and (x.requires_grad or _requires_grad(weight)
-                                        or _requires_grad(bias)):
+        if composite.transforming():
+            # torch.func transforms and forward-mode AD: torch ops, differentiated by torch.
+            y, mean, rstd = composite.row_norm(x, weight, bias, view, spec, eps, stats, running)
+            return (y, mean, rstd) if with_stats else y
+        if torch.is_grad_enabled() and (x.requires_grad
+                                        or (weight is not None and weight.requires_grad)
+                                        or (bias is not None and bias.requires_grad)):
             return _apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
         # Nothing to differentiate (inference): no autograd node, the kernel alone.
         mean, var = stats if stats is not None else (None, None)
