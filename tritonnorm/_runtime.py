@@ -35,11 +35,12 @@ def _interpreter_bf16_rounding() -> None:
     if convert is None or getattr(convert, "_rounds", False):
         return
     import triton.language as tl
-    rtz = interpreter._ir.ROUNDING_MODE.RTZ
+    modes = getattr(getattr(interpreter, "_ir", None), "ROUNDING_MODE", None)
+    rtz = getattr(modes, "RTZ", object())   # an explicit round-toward-zero keeps truncating
 
-    def patched(input, input_dtype, output_dtype, rounding_mode):
+    def patched(input, input_dtype, output_dtype, rounding_mode=None, *rest):
         if input_dtype != tl.float32 or output_dtype != tl.bfloat16 or rounding_mode == rtz:
-            return convert(input, input_dtype, output_dtype, rounding_mode)
+            return convert(input, input_dtype, output_dtype, rounding_mode, *rest)
         bits = np.frombuffer(np.ascontiguousarray(input).tobytes(), dtype=np.uint32).reshape(input.shape)
         rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
         nan = (bits & 0x7FFFFFFF) > 0x7F800000

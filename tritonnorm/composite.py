@@ -92,18 +92,25 @@ def _update_running(running, mean, var, n: int) -> None:
     rv.mul_(1 - f).add_((f * var).to(rv.dtype))
 
 
-def backward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], dy: Tensor,
-             view: RowView, spec: ReductionSpec, eps: float, stats, needs):
-    """(dx, dw, db) as differentiable functions of x, weight and dy: the gradient of
-    the forward above, for a backward under create_graph=True.  The bias's value
-    enters no gradient: a zero stands in for it."""
+def grads_of(forward, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+             dy: Tensor, needs):
+    """(dx, dw, db) of ``forward(x, weight, bias)`` against ``dy``, as differentiable
+    functions of x, weight and dy: a backward under create_graph=True.  The bias's
+    value enters no gradient: a zero stands in for it."""
     with torch.enable_grad():
         if bias is not None:
             bias = torch.zeros_like(bias, requires_grad=True)
-        y, _, _ = row_norm(x, weight, bias, view, spec, eps, stats)
+        y = forward(x, weight, bias)
         wanted = [(needs[0], x), (needs[1] and weight is not None, weight),
                   (needs[2] and bias is not None, bias)]
         inputs = [t for want, t in wanted if want]
         grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
                      if inputs else ())
         return tuple(next(grads) if want else None for want, _ in wanted)
+
+
+def backward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], dy: Tensor,
+             view: RowView, spec: ReductionSpec, eps: float, stats, needs):
+    """The gradients of row_norm above, differentiable (see grads_of)."""
+    return grads_of(lambda x, w, b: row_norm(x, w, b, view, spec, eps, stats)[0],
+                    x, weight, bias, dy, needs)

@@ -69,8 +69,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, mean, rstd, count = ctx.saved_tensors
         if torch.is_grad_enabled():   # create_graph=True: differentiable gradients
-            return _composite_backward(x, weight, ctx.bias, dy, ctx.eps, ctx.group,
-                                       ctx.needs_input_grad) + (None,) * 6
+            forward = lambda x, w, b: composite_forward(x, w, b, ctx.eps, ctx.group)  # noqa: E731
+            return composite.grads_of(forward, x, weight, ctx.bias, dy,
+                                      ctx.needs_input_grad) + (None,) * 6
         view = ctx.view
         dy = match_layout(dy, view)
         if x.numel():
@@ -139,21 +140,6 @@ def composite_forward(x, weight, bias, eps, group, running=None):
             rm.mul_(1 - f).add_((f * mean.detach()).to(rm.dtype))
             rv.mul_(1 - f).add_((f * unbiased).to(rv.dtype))
     return y3.reshape(c, n, s).transpose(0, 1).reshape(x.shape).to(x.dtype)
-
-
-def _composite_backward(x, weight, bias, dy, eps, group, needs):
-    """(dx, dw, db) as differentiable functions of x, weight and dy; the bias's value
-    enters none of them, so a zero stands in for it."""
-    with torch.enable_grad():
-        if bias is not None:
-            bias = torch.zeros_like(bias, requires_grad=True)
-        y = composite_forward(x, weight, bias, eps, group)
-        wanted = [(needs[0], x), (needs[1] and weight is not None, weight),
-                  (needs[2] and bias is not None, bias)]
-        inputs = [t for want, t in wanted if want]
-        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
-                     if inputs else ())
-        return tuple(next(grads) if want else None for want, _ in wanted)
 
 
 class SyncBatchNorm(nn.SyncBatchNorm):
