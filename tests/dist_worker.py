@@ -54,11 +54,14 @@ def count_collectives(rank, world):
 
     import tritonnorm
     from host_sync import host_syncs
-    names = ["all_gather_into_tensor", "all_gather", "all_reduce", "reduce_scatter_tensor",
+    names = ["all_gather_single", "all_gather_into_tensor", "all_gather", "all_reduce",
+             "reduce_scatter_tensor",
              "broadcast", "reduce", "all_to_all_single", "barrier"]
     calls = []
     for name in names:
-        real = getattr(dist, name)
+        real = getattr(dist, name, None)
+        if real is None:   # all_gather_single: torch >= 2.13
+            continue
         setattr(dist, name, lambda *a, _n=name, _f=real, **k: (calls.append(_n), _f(*a, **k))[1])
     m = tritonnorm.SyncBatchNorm(3, momentum=None)
     x, dy = (_slice(t, SPLITS[world]["uneven"], rank) for t in global_batch(0))

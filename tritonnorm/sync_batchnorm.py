@@ -1,7 +1,8 @@
 """SyncBatchNorm: batch statistics over the global batch through torch.distributed.
 
 Forward: local (count, mean, M2) per channel from the BatchNorm stats kernel,
-ONE all_gather_into_tensor of the packed [C, 3] triples, then the apply kernel
+ONE all_gather (all_gather_single, or all_gather_into_tensor before torch 2.13)
+of the packed [C, 3] triples, then the apply kernel
 merges the world's triples (Chan) and normalises; the running statistics take
 the global count.  Backward: local (sum w*dy*xhat, sum w*dy), ONE packed
 all_reduce, then dx.  dweight and dbias stay local (DDP reduces them).
@@ -29,6 +30,13 @@ from .modules import batch_step
 from .spec import BATCH, batch_layout, match_layout
 
 
+def _all_gather(out: Tensor, local: Tensor, group) -> None:
+    """Gather equal-sized tensors into one: all_gather_single where torch has it
+    (2.13 deprecates all_gather_into_tensor), all_gather_into_tensor before."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, local, group=group)
+
+
 def merge_partials(part: Tensor) -> Tensor:
     """Merge (rows, P, 3) Chan partials into (rows, 3): exact parallel formula."""
     c, m, q = part.unbind(-1)
@@ -53,7 +61,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         local = _local_stats(x, view, c)
         world = dist.get_world_size(group)
         gathered = torch.empty(world * c, 3, dtype=local.dtype, device=local.device)
-        dist.all_gather_into_tensor(gathered, local, group=group)
+        _all_gather(gathered, local, group)
         partials = gathered.view(world, c, 3).transpose(0, 1).contiguous()   # (C, world, 3)
         count = partials[0, :, 0].sum()                            # global count, on the device
         running = None
