@@ -1,4 +1,6 @@
 """Bad input raises torch's exception type; NaN, empty batches, determinism, fallback."""
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -147,6 +149,7 @@ def test_backward_is_deterministic(tiling, device):
 
 def test_cpu_tensor_without_interpreter_falls_back_to_torch(monkeypatch):
     monkeypatch.setattr(runtime, "INTERPRET", False)
+    monkeypatch.setattr(runtime, "_fallback_warned", True)   # the warning: tested below
     x = torch.randn(3, 4, 5)
     calls = []
     monkeypatch.setattr(tritonnorm.functional, "row_norm", lambda *a, **k: calls.append(a))
@@ -168,3 +171,16 @@ def test_memoised_checks_still_refuse_a_float_that_equals_a_valid_int():
     TF.group_norm(xg, 2)
     with pytest.raises(TypeError):
         TF.group_norm(xg, 2.0)
+
+
+def test_the_first_fallback_of_a_process_warns_once_and_says_how(monkeypatch):
+    monkeypatch.setattr(runtime, "INTERPRET", False)
+    monkeypatch.setattr(runtime, "_fallback_warned", False)
+    x = torch.randn(3, 4)
+    with pytest.warns(tritonnorm.FallbackWarning, match="TRITON_INTERPRET=1") as record:
+        tritonnorm.LayerNorm(4)(x)
+        tritonnorm.RMSNorm(4)(x)
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tritonnorm.LayerNorm(4)(x)   # said once per process

@@ -1,6 +1,7 @@
 """Where the kernels can run: the GPU, or the CPU under Triton's interpreter."""
 import functools
 import os
+import warnings
 
 import torch
 
@@ -54,11 +55,39 @@ if INTERPRET:
     _interpreter_bf16_rounding()
 
 
+class FallbackWarning(UserWarning):
+    """A tritonnorm layer handed its call to torch: the tensor is where tritonnorm's
+    kernels do not run.  Silence with
+    ``warnings.simplefilter("ignore", tritonnorm.FallbackWarning)``."""
+
+
+_fallback_warned = False
+
+
 def use_triton(x: torch.Tensor) -> bool:
-    """True when ``x`` lives where our kernels run; otherwise callers fall back to torch."""
+    """True when ``x`` lives where our kernels run; otherwise callers fall back to torch,
+    and the first fallback of the process says so (FallbackWarning)."""
     if x.is_cuda:   # is_cuda/is_cpu: no torch.device object built on every call
-        return not INTERPRET
-    return INTERPRET and x.is_cpu
+        if not INTERPRET:
+            return True
+    elif INTERPRET and x.is_cpu:
+        return True
+    if not _fallback_warned and not torch.compiler.is_compiling():
+        _warn_fallback(x)
+    return False
+
+
+def _warn_fallback(x: torch.Tensor) -> None:
+    global _fallback_warned
+    _fallback_warned = True
+    how = ("set TRITON_INTERPRET=1 before importing tritonnorm to run its kernels on the CPU "
+           "under Triton's interpreter" if not INTERPRET else
+           "unset TRITON_INTERPRET to run its kernels on the GPU")
+    warnings.warn(
+        f"tritonnorm: a {x.device.type} tensor runs torch's own kernels, not tritonnorm's; "
+        f"{how}. Said once per process; silence it with "
+        "warnings.simplefilter('ignore', tritonnorm.FallbackWarning).",
+        FallbackWarning, stacklevel=4)
 
 
 @functools.lru_cache(maxsize=None)
