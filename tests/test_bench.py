@@ -28,9 +28,13 @@ def test_quick_sweep_writes_csv_with_expected_columns_and_png(tmp_path, capsys):
                for r in rows)
     for png in ("layer_fwd.png", "group_fwd_bwd.png", "syncbatch_bwd.png"):
         assert (tmp_path / png).stat().st_size > 0
-    assert (tmp_path / "summary.md").read_text().startswith("| norm | pass | vs torch")
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith("Device: ")
+    assert "| norm | pass | vs torch" in text
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'layer_fwd.png'}" in out and f"wrote {tmp_path / 'summary.md'}" in out
     if not torch.cuda.is_available():
-        assert "NOT GPU numbers" in capsys.readouterr().out
+        assert "NOT GPU numbers" in out and "NOT GPU numbers" in text
 
 
 def test_model_bench_times_a_training_step_per_provider(tmp_path):
@@ -78,3 +82,24 @@ def test_host_bench_stubs_launches_only_inside_its_timing():
         assert interp.InterpretedFunction.run is not before[0]
         assert dispatch._run_fwd is not before[1]
     assert (interp.InterpretedFunction.run, dispatch._run_fwd) == before
+
+
+def test_a_speedup_that_cannot_be_computed_reads_n_a():
+    rows = [dict(norm="rms", shape="8x8", dtype="float32", layout="nchw", provider=p,
+                 ms_median=str(ms), pct_of_copy="50", **{"pass": "fwd"})
+            for p, ms in (("tritonnorm", 0.0), ("torch", 1.0))]
+    assert summary(rows).splitlines()[2] == "| rms | fwd | n/a | 50% |"
+
+
+def test_every_cli_option_states_its_default():
+    """`--help` of each command names each option's default (or says it takes none)."""
+    import re
+
+    from tritonnorm.__main__ import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, command in sub.choices.items():
+        assert command.description, f"{name} --help has no description"
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert re.search(r"default", action.help or ""), f"{name} {action.option_strings}"

@@ -232,9 +232,13 @@ def run_bench(norms, dtypes, quick=False, out_dir="perf/out", budget_s=None, tin
     with world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
         rows = _measure(jobs, providers, timer, meta, device, budget_s, path)
     _write_csv(rows, path)
-    plot(rows, out)
-    text = summary(rows)
+    pngs = plot(rows, out)
+    header = [f"Device: {where}; torch {torch.__version__}, triton {triton.__version__}."]
+    if not on_gpu:
+        header.append("Triton's interpreter on the CPU: these timings are NOT GPU numbers.")
+    text = "\n".join(header) + "\n\n" + summary(rows)
     print(text)
     (out / "summary.md").write_text(text + "\n")
-    print(f"wrote {path}")
+    for f in [path, out / "summary.md", *pngs]:
+        print(f"wrote {f}")
     return path

@@ -19,7 +19,8 @@ def plot(rows, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
-        return
+        return []
+    written = []
     for norm, pass_ in sorted({(r["norm"], r["pass"]) for r in rows}):
         sel = [r for r in rows if (r["norm"], r["pass"]) == (norm, pass_)]
         dtypes = sorted({r["dtype"] for r in sel})
@@ -37,19 +38,30 @@ def plot(rows, out: Path) -> None:
                            if r["provider"] == cell[0]["provider"]})
             ax.plot(*zip(*roof), "k--", marker="_", markersize=14, label="copy roofline")
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
             ax.set_xlabel("elements of x")
             ax.set_ylabel("GB/s (minimal bytes)")
-            ax.set_ylim(bottom=0)
             ax.set_title(f"{dtype}, {layout}", fontsize=9)
             ax.legend(fontsize=7)
         fig.suptitle(f"{norm} {pass_} on {sel[0]['gpu']}", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / f"{norm}_{pass_.replace('+', '_')}.png", dpi=100)
+        path = out / f"{norm}_{pass_.replace('+', '_')}.png"
+        fig.savefig(path, dpi=100)
         plt.close(fig)
+        written.append(path)
+    return written
 
 
 def _geomean(xs):
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
+
+
+def _speedup(ratios) -> str:
+    """A geomean speedup, or n/a where none can be computed (no case, or a time of 0)."""
+    if not ratios or not all(math.isfinite(r) and r > 0 for r in ratios):
+        return "n/a"
+    g = _geomean(ratios)
+    return f"{g:.2f}x" if g >= 0.1 else f"{g:.2g}x"   # interpreter runs: never "0.00x"
 
 
 def summary(rows) -> str:
@@ -65,12 +77,13 @@ def summary(rows) -> str:
         ours = {k[:5]: t for k, t in ms.items() if k[:2] == (norm, pass_) and k[5] == "tritonnorm"}
         cells = []
         for p in refs:
-            ratios = [ms[k + (p,)] / t for k, t in ours.items() if k + (p,) in ms]
+            ratios = [ms[k + (p,)] / t if t > 0 else float("nan")
+                      for k, t in ours.items() if k + (p,) in ms]
             overall[p] += ratios
-            cells.append(f"{_geomean(ratios):.2f}x" if ratios else "-")
+            cells.append(_speedup(ratios))
         pct = sorted(float(r["pct_of_copy"]) for r in rows
                      if (r["norm"], r["pass"], r["provider"]) == (norm, pass_, "tritonnorm"))
         lines.append(f"| {norm} | {pass_} | " + " | ".join(cells)
                      + f" | {pct[len(pct) // 2]:.3g}% |" if pct else " | - |")
-    lines.append("| **all** | | " + " | ".join(f"**{_geomean(overall[p]):.2f}x**" if overall[p] else "-" for p in refs) + " | |")
+    lines.append("| **all** | | " + " | ".join(f"**{_speedup(overall[p])}**" for p in refs) + " | |")
     return "\n".join(lines)
