@@ -177,12 +177,14 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
     with open(path) as f:
         items = [tuple(i) for i in json.load(f)]
     failures, spills, regs = 0, 0, 0
+    start = time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:
-        for (name, err, secs, res), (_, desc) in zip(
-                pool.map(_compile_one, items, [arch] * len(items)), items):
+        for i, ((name, err, secs, res), (_, desc)) in enumerate(zip(
+                pool.map(_compile_one, items, [arch] * len(items)), items), 1):
             flags = {k: v[1] for k, v in desc.items() if v[0] in ("const", "dtype", "launch")}
             spilled = res.get("LOCAL", 0) > 0 or res.get("STACK", 0) > 0
-            print(f"{'FAIL' if err else 'STACK' if spilled else 'ok':<6}{name:<14}{secs:6.1f}s  "
+            progress = f"{i}/{len(items)} {time.perf_counter() - start:4.0f}s"
+            print(f"{progress:>14} {'FAIL' if err else 'STACK' if spilled else 'ok':<6}{name:<14}{secs:6.1f}s  "
                   f"{' '.join(f'{k}:{v}' for k, v in res.items()):<36}{flags}")
             if err:
                 failures += 1

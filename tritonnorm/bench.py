@@ -208,7 +208,8 @@ def _measure(jobs, providers, timer, meta, device, budget_s, path):
                                  copy_gbps=f"{copy_gbps:.4g}"))
         _write_csv(rows, path)  # after each case: a run cut off from outside keeps its rows
         done = (i + 1) * 30 // len(jobs)
-        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs)} {norm} "
+        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs)} "
+              f"{time.perf_counter() - start:4.0f}s {norm} "
               f"{'x'.join(map(str, shape))} {str(dtype)[6:]} {layout}    ", end="", file=sys.stderr)
     print(file=sys.stderr)
     return rows

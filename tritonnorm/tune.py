@@ -7,6 +7,7 @@ triton.testing.do_bench; the fastest per bucket goes into the device's table
 (tables.py), written atomically, which dispatch then loads on first use.
 """
 import sys
+import time
 
 import torch
 import triton
@@ -59,6 +60,7 @@ def tune(norms, dtypes, quick=False) -> int:
     device = torch.cuda.get_device_name()
     cases = list(_cases(norms, dtypes, quick))
     entries, rows = dict(tables.device_table(device)), []
+    start = time.perf_counter()
     for i, (norm, spec, shape, c, call, view_of, dtype, fmt, pass_) in enumerate(cases):
         x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
         w = torch.randn(c, device="cuda", dtype=dtype, requires_grad=True)
@@ -78,7 +80,8 @@ def tune(norms, dtypes, quick=False) -> int:
         entries[key] = dict(best[1], gbps=round(moved / best[0] / 1e6, 1))
         rows.append((key, best[1], entries[key]["gbps"]))
         done = (i + 1) * 30 // len(cases)
-        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(cases)} {key:<48}", end="", file=sys.stderr)
+        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(cases)} "
+              f"{time.perf_counter() - start:5.0f}s {key:<48}", end="", file=sys.stderr)
     print(file=sys.stderr)
     path = tables.write_table(device, entries)
     config.clear_cache()
