@@ -43,15 +43,33 @@ def _weight(W_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE: tl.constexpr,
-          HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr,
-          BLOCK_S: tl.constexpr):
-    """Tile t of the rows: its offsets, mask, g and j, and x, dy and w in ACC."""
+def _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ACC: tl.constexpr,
+              BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Tile t of the rows: its offsets, mask, g and j, and x and dy in ACC."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S)
     x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
     dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+    return offs, mask, g, j, x, dy
+
+
+@triton.jit
+def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE: tl.constexpr,
+          HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr,
+          BLOCK_S: tl.constexpr):
+    """_tile_xdy, and the tile's weight w in ACC."""
+    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                        ACC, BLOCK_G, BLOCK_J, BLOCK_S)
     return offs, mask, g, j, x, dy, _weight(W_ptr, g, j, Cg, G, W_MODE, HAS_W, ACC)
+
+
+@triton.jit
+def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps, PHASE: tl.constexpr,
+               ACC: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Row block rb (see row_block) and its saved mean and rstd, shaped for the tile."""
+    n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
+    mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
+    return n, g0, rmask, r, rs, mean, _rstd(Rstd_ptr, rs, rmask, eps, PHASE, ACC)
 
 
 @triton.jit
@@ -140,14 +158,11 @@ def row_norm_bwd(
             lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
-                n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
-                mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
-                rstd = _rstd(Rstd_ptr, rs, rmask, eps, PHASE, ACC)
+                n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G,
+                                                             stat_sN, eps, PHASE, ACC, BLOCK_G)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
-                offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                BLOCK_G, BLOCK_J, BLOCK_S)
-                x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+                offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG,
+                                                    sJ, sS, nSB, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
@@ -163,15 +178,13 @@ def row_norm_bwd(
             rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
-            n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
-            mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
-            rstd = _rstd(Rstd_ptr, rs, rmask, eps, PHASE, ACC)
+            n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
+                                                         eps, PHASE, ACC, BLOCK_G)
             if RESIDENT:
-                if W_MODE == 1:
-                    offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S)
-                    x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-                    dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
+                if W_MODE == 1:   # w was loaded once for all of the program's rows
+                    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t0, n, g0, G, Cg, S, sN,
+                                                        sG, sJ, sS, nSB, ACC, BLOCK_G, BLOCK_J,
+                                                        BLOCK_S)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
                         X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
