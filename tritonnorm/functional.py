@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import checks
+from . import checks, config
 from ._runtime import use_triton
 from .ops import row_norm
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
@@ -30,7 +30,8 @@ def _autocast(name: str, *tensors):
     return tensors
 
 
-_ROW_VIEWS: dict = {}
+# Checked call signatures -> their views (LayerNorm/RMSNorm, GroupNorm).
+_VIEWS = config.memo()
 
 
 def _jit_tracing() -> bool:
@@ -44,7 +45,13 @@ def _torch_path(x: Tensor) -> bool:
     return _jit_tracing() or not use_triton(x) or x.numel() == 0
 
 
-def _rows(name: str, x: Tensor, normalized_shape, weight, bias):
+# Per row norm: torch's names for it (in its dtype error, in its argument errors) and
+# whether torch's parameter-dtype rule applies (RMSNorm takes any mix).
+_ROW_NORMS = {LAYER: ("LayerNormKernelImpl", "layer_norm", True),
+              RMS: ("rms_norm", "rms_norm", False)}
+
+
+def _rows(spec, x: Tensor, normalized_shape, weight, bias):
     """(x made contiguous, its RowView) after the checks of checks.normalized.  The checks and
     the view are memoised on what they read, so a steady-state call pays a dict
     lookup, not the checks."""
@@ -55,20 +62,16 @@ def _rows(name: str, x: Tensor, normalized_shape, weight, bias):
         else all(type(d) is int for d in normalized_shape)))
     view = None
     if hashable:
-        key = (name, x.shape, x.dtype, normalized_shape,
-               None if weight is None else (weight.shape, weight.dtype),
-               None if bias is None else (bias.shape, bias.dtype))
-        view = _ROW_VIEWS.get(key)
+        key = (spec, x.shape, x.dtype, normalized_shape, _meta(weight), _meta(bias))
+        view = _VIEWS.get(key)
     if view is None:
-        checks.float_input(name, x)
-        if name != "rms_norm":
+        impl, fn, dtype_rule = _ROW_NORMS[spec]
+        checks.float_input(impl, x)
+        if dtype_rule:
             checks.param_dtypes(x, weight, bias)
-        x, view = row_layout(x, math.prod(checks.normalized(
-            "rms_norm" if name == "rms_norm" else "layer_norm", x, normalized_shape, weight, bias)))
+        x, view = row_layout(x, math.prod(checks.normalized(fn, x, normalized_shape, weight, bias)))
         if hashable:
-            if len(_ROW_VIEWS) > 4096:  # a bound for shape-churning workloads
-                _ROW_VIEWS.clear()
-            _ROW_VIEWS[key] = view
+            config.remember(_VIEWS, key, view)
         return x, view
     return x.contiguous(), view
 
@@ -81,8 +84,8 @@ def _group_view(x: Tensor, num_groups: int, weight, bias):
     """(view, dense) of a GroupNorm call after its checks, memoised like _rows;
     ``dense``: x is addressed as it is (else it is made contiguous first)."""
     checks.integer("group_norm", "num_groups", 2, num_groups)   # before the key: 2.0 == 2
-    key = ("group", x.shape, x.stride(), x.dtype, num_groups, _meta(weight), _meta(bias))
-    hit = _ROW_VIEWS.get(key)
+    key = (GROUP, x.shape, x.stride(), x.dtype, num_groups, _meta(weight), _meta(bias))
+    hit = _VIEWS.get(key)
     if hit is not None:
         return hit
     if x.dim() < 2:
@@ -97,10 +100,7 @@ def _group_view(x: Tensor, num_groups: int, weight, bias):
     checks.float_input("GroupNormKernelImpl", x)
     checks.param_dtypes(x, weight, bias)
     xv, view = channel_layout(x, num_groups)
-    if len(_ROW_VIEWS) > 4096:
-        _ROW_VIEWS.clear()
-    hit = _ROW_VIEWS[key] = (view, xv is x)
-    return hit
+    return config.remember(_VIEWS, key, (view, xv is x))
 
 
 def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
@@ -115,7 +115,7 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                eps: float = 1e-5) -> Tensor:
     if _torch_path(input):
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
-    xv, view = _rows("LayerNormKernelImpl", input, normalized_shape, weight, bias)
+    xv, view = _rows(LAYER, input, normalized_shape, weight, bias)
     checks.devices(input, weight, bias)
     if input.is_cuda:
         xv, weight, bias = _autocast("layer_norm", xv, weight, bias)
@@ -126,7 +126,7 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
     if _torch_path(input):
         return F.rms_norm(input, normalized_shape, weight, eps)
-    xv, view = _rows("rms_norm", input, normalized_shape, weight, None)
+    xv, view = _rows(RMS, input, normalized_shape, weight, None)
     checks.devices(input, weight)
     if eps is None:
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
