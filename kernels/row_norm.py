@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .tiles import (div, lane_moments, lane_welford, row_block, rsqrt, sum_js, tile_moments,
-                    tile_offsets)
+                    tile_offsets, wide)
 
 
 @triton.jit
@@ -53,12 +53,11 @@ def _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask, mean, 
                     mom_hi, mom_lo, CUMULATIVE: tl.constexpr):
     """running = (1 - f) * running + f * batch, with the unbiased variance.
 
-    Float arguments arrive as fp32, so momentum comes as hi + lo fp32 parts
-    whose sum restores it to ~48 bits for fp64 statistics."""
+    momentum comes as hi + lo fp32 parts (see tiles.wide)."""
     if CUMULATIVE:
         f = div(tl.zeros_like(mean) + 1.0, tl.load(NBT_ptr).to(mean.dtype))
     else:
-        f = (tl.zeros_like(mean) + mom_hi) + mom_lo
+        f = wide(mean, mom_hi, mom_lo)
     var = div(m2, tl.maximum(cnt - 1.0, 1.0))
     rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
     rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0).to(mean.dtype)
@@ -135,7 +134,7 @@ def row_norm_fwd(
     RVo_ptr,   # shape (G,) updated running_var
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps, mom_hi, mom_lo,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, ACC: tl.constexpr,
@@ -167,7 +166,8 @@ def row_norm_fwd(
             x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
-            rstd = rsqrt(tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC) + eps)
+            var = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
+            rstd = rsqrt(var + wide(var, eps_hi, eps_lo))
         elif PHASE == 2:
             cnt, mean, m2 = _merge_partials(Part_ptr, r, rmask, n_part, ACC, BLOCK_PART)
         else:
@@ -194,7 +194,8 @@ def row_norm_fwd(
             tl.store(base + 2, m2, mask=rmask)
         else:
             if PHASE != 3:
-                rstd = rsqrt(div(m2, tl.maximum(cnt, 1.0)) + eps)
+                var = div(m2, tl.maximum(cnt, 1.0))
+                rstd = rsqrt(var + wide(var, eps_hi, eps_lo))
                 if p == 0:
                     tl.store(Mean_ptr + rs, mean, mask=rmask)
                     tl.store(Rstd_ptr + rs, rstd, mask=rmask)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .row_norm import _chunk, _param_index, _tile_j
-from .tiles import div, row_block, rsqrt, sum_js, tile_offsets
+from .tiles import div, row_block, rsqrt, sum_js, tile_offsets, wide
 
 
 @triton.jit
@@ -64,12 +64,12 @@ def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE:
 
 
 @triton.jit
-def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps, PHASE: tl.constexpr,
+def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE: tl.constexpr,
                ACC: tl.constexpr, BLOCK_G: tl.constexpr):
     """Row block rb (see row_block) and its saved mean and rstd, shaped for the tile."""
     n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
     mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
-    return n, g0, rmask, r, rs, mean, _rstd(Rstd_ptr, rs, rmask, eps, PHASE, ACC)
+    return n, g0, rmask, r, rs, mean, _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE, ACC)
 
 
 @triton.jit
@@ -90,11 +90,11 @@ def _given_sums(Part_ptr, r, rmask, n_part, PHASE: tl.constexpr, ACC: tl.constex
 
 
 @triton.jit
-def _rstd(Rstd_ptr, rs, rmask, eps, PHASE: tl.constexpr, ACC: tl.constexpr):
+def _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE: tl.constexpr, ACC: tl.constexpr):
     """[BLOCK_G, 1, 1] rstd of the rows: saved, or from the given variance (PHASE 3)."""
     v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
     if PHASE == 3:
-        v = rsqrt(v + eps)
+        v = rsqrt(v + wide(v, eps_hi, eps_lo))
     return v[:, None, None]
 
 
@@ -126,7 +126,7 @@ def row_norm_bwd(
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
     DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M, eps,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M, eps_hi, eps_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, RESIDENT: tl.constexpr,
     TILE_OUTER: tl.constexpr, ACC: tl.constexpr,
@@ -158,8 +158,8 @@ def row_norm_bwd(
             lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
-                n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G,
-                                                             stat_sN, eps, PHASE, ACC, BLOCK_G)
+                n, g0, rmask, r, rs, mean, rstd = _row_stats(
+                    Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG,
                                                     sJ, sS, nSB, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
@@ -179,7 +179,7 @@ def row_norm_bwd(
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
             n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
-                                                         eps, PHASE, ACC, BLOCK_G)
+                                                         eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t0, n, g0, G, Cg, S, sN,

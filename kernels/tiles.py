@@ -64,6 +64,15 @@ def div(a, b):
 
 
 @triton.jit
+def wide(like, hi, lo):
+    """A float argument sent as hi + lo fp32 parts (a GPU passes Python floats as fp32),
+    in like's dtype: fp64 gets ~48 significant bits back, fp32 its correctly rounded value.
+    eps = 1e-5 as fp32 alone is off by 2.5e-8 relative, which the backward of a nearly
+    constant group amplifies past fp64 tolerances."""
+    return (tl.zeros_like(like) + hi) + lo
+
+
+@triton.jit
 def rsqrt(v):
     """1 / sqrt(v), each step correctly rounded (not the approximate rsqrt)."""
     if v.dtype == tl.float64:

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Everything a GPU session checks and measures, in one call, within 8 minutes,
+# Everything a GPU session checks and measures, in one call, within 8 minutes (less with the
+# stage limits below lowered),
 # results under $OUT (default perf/out):
 #   env.txt      GPU, driver, torch and triton versions; the exit status of each stage
 #   pytest.txt   the test suite, compiled for the GPU (CUDA-graph and compile tests included)
 #   bench.txt    the log of the throughput sweep and of the model training steps
 #   bench.tgz    bench.csv, models.csv, host.csv, summary.md, models.md, host.md and one PNG
 #                per norm and pass
+#   probe.csv    kernel-only times (CUDA graph replay) of a few norms under config variants
 #   tune.txt     only with STAGES containing "tune": `tritonnorm tune --quick`, and
 #   tables.tgz   the tuning table it wrote (copy it into tritonnorm/tables/)
 # The device tool returns at most 8 files, so the many PNGs travel as one archive.
 # Unpack with: tar xzf bench.tgz -C perf/results/<gpu>/
 #
-# Usage on the device machine:  bash perf/run_device.sh            (tests, bench)
+# Usage on the device machine:  bash perf/run_device.sh            (tests, bench, probe)
 #                               STAGES="tests bench tune" bash perf/run_device.sh
 set -uo pipefail
 OUT=${OUT:-perf/out}
-STAGES=${STAGES:-"tests bench"}
+STAGES=${STAGES:-"tests bench probe"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 {
@@ -29,7 +31,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -3
 fi
 # Stage limits (s), to fit what is left of a session's device time.
-TESTS_S=${TESTS_S:-200}; SWEEP_BUDGET_S=${SWEEP_BUDGET_S:-110}; MODELS_S=${MODELS_S:-130}
+TESTS_S=${TESTS_S:-200}; SWEEP_BUDGET_S=${SWEEP_BUDGET_S:-60}; MODELS_S=${MODELS_S:-130}
+PROBE_S=${PROBE_S:-120}
 # Norm order of the sweep: a sweep cut by its budget covers the first ones best.
 NORMS=${NORMS:-"layer rms group instance batch syncbatch"}
 status=0
@@ -51,9 +54,16 @@ if [[ $STAGES == *bench* ]]; then
   stage sweep $((SWEEP_BUDGET_S + 40)) bench.txt python3 -m tritonnorm bench --suite sweep \
     --budget-s "$SWEEP_BUDGET_S" $(printf -- "--norm %s " $NORMS) --out "$OUT/bench"
   stage models "$MODELS_S" bench.txt python3 -m tritonnorm bench --suite models --dtype bfloat16 --out "$OUT/bench"
-  # Host time per eager call at tiny sizes, real launches: a few seconds.
+  # Host time per eager call at tiny sizes, real launches: a few seconds; then the same
+  # through triton's kernel.run on every launch, for comparison (tritonnorm/launch.py).
   stage host 60 bench.txt python3 -m tritonnorm bench --suite host --out "$OUT/bench"
+  mkdir -p "$OUT/bench/kernel_run"
+  stage host_kernel_run 60 bench.txt env TRITONNORM_DIRECT_LAUNCH=0 python3 -m tritonnorm bench \
+    --suite host --out "$OUT/bench/kernel_run"
   tar czf "$OUT/bench.tgz" -C "$OUT/bench" . && rm -rf "$OUT/bench"
+fi
+if [[ $STAGES == *probe* ]]; then
+  stage probe "$PROBE_S" probe.txt python3 perf/probe.py --budget-s $((PROBE_S - 40)) --out "$OUT/probe.csv"
 fi
 if [[ $STAGES == *tune* ]]; then
   export TRITONNORM_CACHE_DIR="$OUT/tables"

@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch.autograd import gradgradcheck
 
 import tritonnorm
+from conftest import DEVICE
 
 # name -> (module class name shared by torch.nn and tritonnorm, args, kwargs, input shape, training)
 CASES = {
@@ -31,8 +32,8 @@ TOL = dict(atol=1e-9, rtol=1e-9)
 def _pair(name, cases=CASES):
     cls, args, kwargs, shape, training = cases[name]
     torch.manual_seed(0)
-    ref = getattr(nn, cls)(*args, **kwargs).double().train(training)
-    ours = getattr(tritonnorm, cls)(*args, **kwargs).double().train(training)
+    ref = getattr(nn, cls)(*args, **kwargs).to(DEVICE).double().train(training)
+    ours = getattr(tritonnorm, cls)(*args, **kwargs).to(DEVICE).double().train(training)
     with torch.no_grad():
         for p in ref.parameters():
             p.uniform_(0.5, 1.5)
@@ -40,7 +41,7 @@ def _pair(name, cases=CASES):
             if b.is_floating_point():
                 b.uniform_(0.5, 1.5)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(shape, dtype=torch.float64) * 2 + 0.5
+    x = torch.randn(shape, dtype=torch.float64, device=DEVICE) * 2 + 0.5
     if "channels_last" in name:
         x = x.contiguous(memory_format=torch.channels_last)
     return ref, ours, x

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tritonnorm
+from conftest import DEVICE
 from tritonnorm import ops
 
 # name -> (layer factory, input shape, channels_last, training)
@@ -37,11 +38,11 @@ def _run(layer, x, g):
 def _make(name, dtype):
     make, shape, cl, training = CASES[name]
     torch.manual_seed(0)
-    layer = make().to(dtype).train(training)
+    layer = make().to(DEVICE, dtype).train(training)
     with torch.no_grad():
         for p in layer.parameters():
             p.uniform_(0.5, 1.5)
-    x = torch.randn(shape, dtype=dtype) * 3 + 1
+    x = torch.randn(shape, dtype=dtype, device=DEVICE) * 3 + 1
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     return layer, x
@@ -51,7 +52,7 @@ def _make(name, dtype):
 @pytest.mark.parametrize("name", CASES)
 def test_fast_path_and_custom_ops_agree_bitwise(name, dtype, monkeypatch):
     layer, x = _make(name, dtype)
-    g = torch.randn(x.shape, dtype=dtype)
+    g = torch.randn(x.shape, dtype=dtype, device=DEVICE)
     twin = copy.deepcopy(layer)
     y_fast, grads_fast, bufs_fast = _run(layer, x, g)
     assert type(y_fast.grad_fn).__name__ == "EagerNormBackward"
@@ -86,8 +87,8 @@ def test_eager_calls_never_reach_the_custom_ops(name, monkeypatch):
 def test_export_traces_the_custom_ops_and_runs_them():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1), tritonnorm.GroupNorm(3, 6),
                                 tritonnorm.BatchNorm2d(6).eval(), torch.nn.Flatten(),
-                                tritonnorm.LayerNorm(6 * 4 * 4), tritonnorm.RMSNorm(96)).eval()
-    x = torch.randn(2, 3, 4, 4)
+                                tritonnorm.LayerNorm(6 * 4 * 4), tritonnorm.RMSNorm(96)).to(DEVICE).eval()
+    x = torch.randn(2, 3, 4, 4, device=DEVICE)
     ep = torch.export.export(model, (x,))
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert "tritonnorm.norm_fwd.default" in targets

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import tritonnorm
+from conftest import DEVICE
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -20,9 +21,9 @@ def test_low_precision_outputs_are_rounded_like_torch(make, shape, dtype):
     """Against the fp64 result, our error is torch's: the fp32 result rounded once to
     nearest even.  Truncation doubles the mean error."""
     torch.manual_seed(0)
-    ref = make().double()
-    ours = tritonnorm.convert(make()).to(dtype)
-    x = torch.randn(shape, dtype=dtype)
+    ref = make().to(DEVICE).double()
+    ours = tritonnorm.convert(make()).to(DEVICE, dtype)
+    x = torch.randn(shape, dtype=dtype, device=DEVICE)
     exact = ref(x.double())
     rounded = exact.float().to(dtype)     # the best a dtype output can do: RNE of the fp32 value
     err_ours = (ours(x).double() - exact).abs().mean()
@@ -36,7 +37,8 @@ def test_threads_give_the_results_of_sequential_calls():
     torch.manual_seed(0)
     layers = [tritonnorm.LayerNorm(48), tritonnorm.GroupNorm(2, 8), tritonnorm.BatchNorm1d(8),
               tritonnorm.RMSNorm(48)]
-    inputs = [torch.randn(16, 48), torch.randn(4, 8, 12), torch.randn(6, 8, 5), torch.randn(16, 48)]
+    layers = [layer.to(DEVICE) for layer in layers]
+    inputs = [torch.randn(shape, device=DEVICE) for shape in ((16, 48), (4, 8, 12), (6, 8, 5), (16, 48))]
 
     def step(i, out):
         x = inputs[i].clone().requires_grad_()

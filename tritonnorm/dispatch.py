@@ -13,7 +13,6 @@ norm, flags) -- the config, the grid, the runtime ints and the constexprs -- is 
 ``_Launch`` built once and memoised (config.memo), so a steady-state call is a
 dict lookup, the allocation of its outputs and the launch.
 """
-import threading
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -21,8 +20,8 @@ import torch
 import triton.language as tl
 
 from . import config
-from ._runtime import INTERPRET
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
+from .launch import launcher
 from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView
 
 
@@ -35,24 +34,8 @@ def _tl(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-# Triton's interpreter patches module globals while any kernel runs, so two threads
-# interpreting at once -- the same kernel or not -- break each other.
-_INTERPRETER_LOCK = threading.Lock()
-
-
-def _runner(kernel):
-    """``kernel.run``.  Under the interpreter, launches take one lock, and look ``run``
-    up at each call (the CPU tools patch it).  A GPU launch takes no lock."""
-    if not INTERPRET:
-        return kernel.run
-
-    def run(*args, **kwargs):
-        with _INTERPRETER_LOCK:
-            return kernel.run(*args, **kwargs)
-    return run
-
-
-_run_fwd, _run_bwd, _run_column_sum = (_runner(k) for k in (row_norm_fwd, row_norm_bwd, column_sum))
+# Module globals, so the CPU host bench can stub them (bench_host).
+_run_fwd, _run_bwd, _run_column_sum = (launcher(k) for k in (row_norm_fwd, row_norm_bwd, column_sum))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -71,6 +54,7 @@ class _Launch(NamedTuple):
     consts: tuple   # the constexprs, positionally, in the kernel's order
     opts: dict      # num_warps, num_stages
     cfg: config.RowConfig
+    compiled: dict  # the compiled kernels its launches use (launch.launcher)
 
 
 def _launch(kernel, grid, ints, consts: dict, cfg) -> _Launch:
@@ -80,7 +64,8 @@ def _launch(kernel, grid, ints, consts: dict, cfg) -> _Launch:
     opts = {k: consts.pop(k) for k in ("num_warps", "num_stages")}
     names = kernel.arg_names[len(kernel.arg_names) - len(consts):]
     assert set(names) == set(consts), (names, consts)
-    return _Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg)
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    return _Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg, {})
 
 
 def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
@@ -98,7 +83,7 @@ NO_RUNNING, MOMENTUM, CUMULATIVE = 0, 1, 2
 _FWD = config.memo()
 _BWD = config.memo()
 _COLSUM = config.memo()
-_MOMENTUM = config.memo()
+_FLOATS = config.memo()
 
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
@@ -118,13 +103,16 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
 
 
-def _momentum_parts(momentum):
-    """Float arguments travel as fp32: momentum goes as hi + lo parts (see the kernel)."""
-    parts = _MOMENTUM.get(momentum)
+def _split(value):
+    """Float arguments travel as fp32 on a GPU: a float goes as hi + lo fp32 parts, which
+    an fp64 kernel adds back to 48 significant bits (kernels/tiles.py, ``wide``)."""
+    parts = _FLOATS.get(value)
     if parts is None:
-        hi = float(np.float32(momentum or 0.0))
-        parts = config.remember(_MOMENTUM, momentum, (hi, float(np.float32((momentum or 0.0) - hi))))
+        hi = float(np.float32(value or 0.0))
+        parts = config.remember(_FLOATS, value, (hi, float(np.float32((value or 0.0) - hi))))
     return parts
+
+
 
 
 def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
@@ -135,11 +123,10 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
         rm, rv, momentum, nbt = running[:4]
         rm_out, rv_out = running[4:] if len(running) > 4 else (rm, rv)
         nbt = mean if nbt is None else nbt
-        mom_hi, mom_lo = _momentum_parts(momentum)
-    _run_fwd(  # kernel.run(..., grid=): what kernel[grid](...) calls, less a repack
-        x, y, x if weight is None else weight, x if bias is None else bias,
-        mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
-        *L.ints, eps, mom_hi, mom_lo, *L.consts, grid=L.grid, warmup=False, **L.opts)
+        mom_hi, mom_lo = _split(momentum)
+    _run_fwd(L.compiled, (x, y, x if weight is None else weight, x if bias is None else bias,
+                          mean, rstd, part, rm, rv, rm_out, rv_out, nbt),
+             (*L.ints, *_split(eps), mom_hi, mom_lo, *L.consts), L.grid, L.opts)
 
 
 def _running_kind(running) -> int:
@@ -253,10 +240,9 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
 
 
 def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps):
-    _run_bwd(
-        x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-        dwb if dwb is not None else rstd, *L.ints, count, eps, *L.consts, grid=L.grid,
-        warmup=False, **L.opts)
+    _run_bwd(L.compiled, (x, dy, dx, weight if weight is not None else x, mean, rstd, part,
+                          dwb if dwb is not None else rstd),
+             (*L.ints, count, *_split(eps), *L.consts), L.grid, L.opts)
 
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
@@ -310,10 +296,9 @@ def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, 
     blocks = _COLSUM.get(key)
     if blocks is None:
         block_a, block_k = config.column_sum_blocks(a, k)
-        blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k),), block_a, block_k))
-    grid, block_a, block_k = blocks
+        blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k), 1, 1), block_a, block_k, {}))
+    grid, block_a, block_k, compiled = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)
     second = torch.empty(k - k1, dtype=out_dtype, device=partials.device)
-    _run_column_sum(partials, first, second, a, k, k1, BLOCK_A=block_a, BLOCK_K=block_k,
-                    grid=grid, warmup=False)
+    _run_column_sum(compiled, (partials, first, second), (a, k, k1, block_a, block_k), grid, {})
     return first, second
