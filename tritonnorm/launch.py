@@ -45,21 +45,25 @@ def launcher(kernel):
             kernel.run(*tensors, *scalars, grid=grid, warmup=False, **opts)
         return run
     from triton.runtime.driver import driver
-    return _direct(kernel, driver.active)
+    return _direct(kernel, driver)
 
 
-def _direct(kernel, active):
-    """The GPU launcher of ``launcher``; ``active`` is triton's active driver."""
+def _direct(kernel, driver):
+    """The GPU launcher of ``launcher``; ``driver.active`` is triton's active driver,
+    looked up at the first launch (importing tritonnorm must not need a GPU)."""
     from triton import knobs
+    active = []
 
     def run(compiled, tensors, scalars, grid, opts):
-        device = active.get_current_device()
+        if not active:
+            active.append(driver.active)
+        device = active[0].get_current_device()
         key = (device, _tensor_key(tensors))
         binary = compiled.get(key)
         if binary is None:   # compile (or find in triton's cache) and launch
             compiled[key] = kernel.run(*tensors, *scalars, grid=grid, warmup=False, **opts)
             return
-        stream = active.get_current_stream(device)
+        stream = active[0].get_current_stream(device)
         args = (*tensors, *scalars)
         hooks = knobs.runtime
         binary.run(grid[0], grid[1], grid[2], stream, binary.function, binary.packed_metadata,
