@@ -18,7 +18,10 @@ and the constexprs below carry the rest:
   statistics are given (running mean and variance; eps and the rsqrt are
   applied here) and only the elementwise pass runs,
 * ``RESIDENT`` -- each program's share of a row is a single tile: it is loaded
-  once and kept in registers for the statistics and the elementwise pass.
+  once and kept in registers for the statistics and the elementwise pass,
+* ``HAS_RES`` -- fused residual add (LayerNorm/RMSNorm): the row is
+  h = x + residual, rounded to x's dtype as torch's add rounds it, and h is
+  written out as the pass reads it; a later walk over the same row reads h back.
 
 Statistics of row (n, g) live at ``n * stat_sN + g``: ``stat_sN = G`` for
 per-row statistics, 0 for per-group constants shared by every sample.
@@ -105,6 +108,17 @@ def _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.cons
 
 
 @triton.jit
+def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr):
+    """The tile of x in ACC; with HAS_RES, of h = x + residual (in x's dtype), also
+    stored to H."""
+    x = tl.load(X_ptr + offs, mask=mask, other=0.0)
+    if HAS_RES:
+        x = (x.to(ACC) + tl.load(R_ptr + offs, mask=mask, other=0.0).to(ACC)).to(x.dtype)
+        tl.store(H_ptr + offs, x, mask=mask)
+    return x.to(ACC)
+
+
+@triton.jit
 def _merge_partials(Part_ptr, r, rmask, n_part, ACC: tl.constexpr, BLOCK_PART: tl.constexpr):
     """(count, mean, M2) of rows r from their n_part Chan partials: exact parallel formula."""
     i = tl.arange(0, BLOCK_PART)[None, :]
@@ -133,11 +147,13 @@ def row_norm_fwd(
     RMo_ptr,   # shape (G,) updated running_mean (RM_ptr itself for an in-place update)
     RVo_ptr,   # shape (G,) updated running_var
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
+    R_ptr,     # shape (N, G, Cg, S), same strides as X: the residual, read when HAS_RES
+    H_ptr,     # shape (N, G, Cg, S), same strides as X: h = x + residual, written when HAS_RES
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, ACC: tl.constexpr,
+    CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, HAS_RES: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
@@ -163,7 +179,7 @@ def row_norm_fwd(
         if RESIDENT:
             offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                             BLOCK_G, BLOCK_J, BLOCK_S)
-            x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+            x = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
             var = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
@@ -174,7 +190,12 @@ def row_norm_fwd(
             # Shift by each row's first element (see tile_moments).
             rows = (g0 + tl.arange(0, BLOCK_G)).to(tl.int64)
             pmask = rmask & ((rows * 0 + T) > 0)  # an empty row (empty rank) has no element
-            pivot = tl.load(X_ptr + n.to(tl.int64) * sN + rows * sG, mask=pmask, other=0.0).to(ACC)
+            first = n.to(tl.int64) * sN + rows * sG
+            pivot = tl.load(X_ptr + first, mask=pmask, other=0.0)
+            if HAS_RES:
+                r0 = tl.load(R_ptr + first, mask=pmask, other=0.0)
+                pivot = (pivot.to(ACC) + r0.to(ACC)).to(pivot.dtype)
+            pivot = pivot.to(ACC)
             if RESIDENT:
                 cnt, mean, m2 = tile_moments(x, mask, pivot, CENTER)
             else:
@@ -184,7 +205,7 @@ def row_norm_fwd(
                 for t in range(t0, t1):
                     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                     BLOCK_G, BLOCK_J, BLOCK_S)
-                    xt = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                    xt = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
                     lc, lm, lq = lane_welford(lc, lm, lq, xt, mask, CENTER)
                 cnt, mean, m2 = lane_moments(lc, lm, lq, pivot, CENTER)
         if PHASE == 1:
@@ -212,10 +233,14 @@ def row_norm_fwd(
                 y = (x - mean3) * rstd3 * w + b
                 tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
             else:
+                if HAS_RES:
+                    # h of this row was written by the first walk, by other threads of
+                    # this program: a barrier makes it visible before it is read back.
+                    tl.debug_barrier()
                 for t in range(t0, t1):
                     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                     BLOCK_G, BLOCK_J, BLOCK_S)
-                    xt = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                    xt = tl.load((H_ptr if HAS_RES else X_ptr) + offs, mask=mask, other=0.0).to(ACC)
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
                     y = (xt - mean3) * rstd3 * w + b
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

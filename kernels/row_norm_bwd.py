@@ -116,6 +116,14 @@ def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr):
 
 
 @triton.jit
+def _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES: tl.constexpr):
+    """Store dx, plus the gradient of h with HAS_DRES, summed before the one rounding."""
+    if HAS_DRES:
+        dx += tl.load(DH_ptr + offs, mask=mask, other=0.0).to(dx.dtype)
+    tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def row_norm_bwd(
     X_ptr,     # shape (N, G, Cg, S), strided
     DY_ptr,    # shape (N, G, Cg, S), same strides as X
@@ -125,11 +133,12 @@ def row_norm_bwd(
     Rstd_ptr,  # shape (N * G,); in PHASE 3 the given variance
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
     DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once
+    DH_ptr,    # shape (N, G, Cg, S), same strides as X: gradient of h, read when HAS_DRES
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M, eps_hi, eps_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, RESIDENT: tl.constexpr,
-    TILE_OUTER: tl.constexpr, ACC: tl.constexpr,
+    TILE_OUTER: tl.constexpr, HAS_DRES: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
@@ -146,7 +155,11 @@ def row_norm_bwd(
     constants (PHASE 3: dx = rstd * wdy).  TILE_OUTER (LayerNorm/RMSNorm rows
     longer than a tile, row sums given) swaps the loops, tiles outside and
     rows inside, so a tile's dw/db sum over all of the program's rows stays in
-    registers."""
+    registers.
+
+    Fused residual (HAS_DRES): the forward read h = x + residual and also returned
+    h, so x and residual both get dx + dh, dh being the gradient that reached h
+    directly; X is h here."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     p = tl.program_id(1)
@@ -165,7 +178,7 @@ def row_norm_bwd(
                                                     sJ, sS, nSB, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
-                tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+                _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
                 lw += dy * xhat
                 lb += dy
             if NEED_DWB:
@@ -214,7 +227,7 @@ def row_norm_bwd(
                 c1, c2 = _row_means(a1, a2, M)
                 if RESIDENT:
                     dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
-                    tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+                    _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
                     if NEED_DWB:
                         if W_MODE == 1:
                             rw += dy * xhat
@@ -234,7 +247,7 @@ def row_norm_bwd(
                             X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
                             HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
-                        tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+                        _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
                         if NEED_DWB:
                             lw += dy * xhat
                             lb += dy

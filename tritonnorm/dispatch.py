@@ -86,10 +86,10 @@ _COLSUM = config.memo()
 _FLOATS = config.memo()
 
 
-def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
+def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False) -> _Launch:
     # get_device(): an int, cheaper than x.device (the dtype and view tell CPU from GPU apart
     # only together with it: -1 is the CPU under the interpreter).
-    key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part)
+    key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part, has_res)
     hit = _FWD.get(key)
     if hit is not None:
         return hit
@@ -97,7 +97,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part) -> _Launch:
     grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b, W_MODE=spec.w_mode,
                   UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
-                  CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1,
+                  CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
@@ -115,7 +115,8 @@ def _split(value):
 
 
 
-def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
+def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
+         h=None):
     if running is None:   # unused pointers: any tensor
         rm = rv = rm_out = rv_out = nbt = mean
         mom_hi = mom_lo = 0.0
@@ -125,7 +126,8 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None):
         nbt = mean if nbt is None else nbt
         mom_hi, mom_lo = _split(momentum)
     _run_fwd(L.compiled, (x, y, x if weight is None else weight, x if bias is None else bias,
-                          mean, rstd, part, rm, rv, rm_out, rv_out, nbt),
+                          mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
+                          x if residual is None else residual, x if h is None else h),
              (*L.ints, *_split(eps), mom_hi, mom_lo, *L.consts), L.grid, L.opts)
 
 
@@ -135,17 +137,18 @@ def _running_kind(running) -> int:
     return CUMULATIVE if running[2] is None else MOMENTUM
 
 
-def forward_partials(x, view: RowView, spec: ReductionSpec) -> torch.Tensor:
-    """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3)."""
+def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=None) -> torch.Tensor:
+    """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3).  With a
+    ``residual``, of the rows of h = x + residual, which are written to ``h``."""
     cfg = config.row_config(view, x, spec, "fwd")
-    L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, cfg.SPLIT)
+    L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, cfg.SPLIT, residual is not None)
     part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
-    _fwd(L, x, x, None, None, part, part, part, 0.0)
+    _fwd(L, x, x, None, None, part, part, part, 0.0, None, residual, h)
     return part
 
 
 def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
-                mean=None, var=None, running=None, partials=None):
+                mean=None, var=None, running=None, partials=None, residual=None, h=None):
     """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
 
     * ``mean``/``var`` given (shape (G,), e.g. running statistics): applied as
@@ -155,7 +158,9 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     * ``running`` = (running_mean, running_var, momentum, num_batches_tracked
       [, new_running_mean, new_running_var]) folds the batch statistics into the
       running statistics, in place or into the two new tensors; momentum None
-      means the cumulative average 1 / num_batches_tracked, read on the device."""
+      means the cumulative average 1 / num_batches_tracked, read on the device.
+    * ``residual`` (x's dtype and strides; LayerNorm/RMSNorm): normalise
+      h = x + residual instead, and write h to ``h`` (x's dtype and strides)."""
     has_w, has_b = weight is not None, bias is not None
     y = torch.empty_like(x)   # x is dense (row-major or channels_last): its strides are kept
     if mean is not None:
@@ -167,11 +172,13 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     mean = x.new_empty(view.rows, dtype=acc)
     rstd = x.new_empty(view.rows, dtype=acc)
     if partials is None:
-        L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1)
+        L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1, residual is not None)
         if L.cfg.SPLIT == 1:
-            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running)
+            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running, residual, h)
             return y, mean, rstd
-        partials = forward_partials(x, view, spec)
+        partials = forward_partials(x, view, spec, residual, h)
+        if residual is not None:   # the partials pass wrote h: the merge pass reads it
+            x = h
     L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1])
     _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running)
     return y, mean, rstd
@@ -209,18 +216,20 @@ class _Backward(NamedTuple):
     count: float    # default row length
 
 
-def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part) -> _Launch:
+def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
+                has_dres=False) -> _Launch:
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
                   NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode,
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
+                  HAS_DRES=has_dres and phase != 1,
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G, _param_count(view, spec))
     return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
 
 
-def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
+def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False) -> _Backward:
     """``n_part``: partials given from outside (SyncBatchNorm), or None."""
-    key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part)
+    key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part, has_dres)
     hit = _BWD.get(key)
     if hit is not None:
         return hit
@@ -229,19 +238,20 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part) -> _Backward:
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
     part = None
     if fixed:
-        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1)
+        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, has_dres)
     elif n_part is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
-        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1)
+        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, has_dres)
     else:
         part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT)
-        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT)
+        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
+                           has_dres)
     plan = _Backward(main, part, dwb_slots(view, spec, cfg, nprog), cw, float(view.Cg * view.S))
     return config.remember(_BWD, key, plan)
 
 
-def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps):
+def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None):
     _run_bwd(L.compiled, (x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-                          dwb if dwb is not None else rstd),
+                          dwb if dwb is not None else rstd, x if dres is None else dres),
              (*L.ints, count, *_split(eps), *L.consts), L.grid, L.opts)
 
 
@@ -256,31 +266,32 @@ def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, r
 
 def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
                  need_dw: bool, need_db: bool, fixed: bool = False, partials=None,
-                 count: float = None, eps: float = 0.0):
+                 count: float = None, eps: float = 0.0, dres=None):
     """Gradients (dx, dw, db) of row_forward; dw/db are None unless asked for.
 
     ``fixed`` marks statistics that are constants (running statistics): then
     ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials``
     (rows, P, 2) replaces the local row sums, which are then divided by ``count``
-    (default: the row length)."""
+    (default: the row length).  ``dres`` (x's strides) is added to dx: the gradient
+    of h for a fused residual add, whose forward saved h as ``x``."""
     need_dwb = need_dw or need_db
     plan = _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed,
-                     None if partials is None else partials.shape[1])
+                     None if partials is None else partials.shape[1], dres is not None)
     dx = torch.empty_like(x)
     # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
     dwb = (torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
            if need_dwb else None)
     count = plan.count if count is None else count
     if fixed:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps, dres)
     elif plan.partials is None:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0, dres)
     else:
         if partials is None:
             partials = torch.empty(view.rows, plan.partials.cfg.SPLIT, 2, dtype=acc_dtype(x),
                                    device=x.device)
             _bwd(plan.partials, x, dy, x, weight, mean, rstd, partials, None, 1.0, 0.0)
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres)
     if dwb is None:
         return dx, None, None
     dw, db = column_sums(dwb, plan.slots, 2 * plan.cw,

@@ -13,10 +13,12 @@ from torch import Tensor
 
 from . import checks, config
 from ._runtime import use_triton
+from .fused import add_layer_norm, add_rms_norm
 from .ops import row_norm
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
 
-__all__ = ["batch_norm", "group_norm", "instance_norm", "layer_norm", "rms_norm"]
+__all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instance_norm",
+           "layer_norm", "rms_norm"]
 
 # Ops that CUDA autocast runs in fp32 (torch's autocast op reference).
 _AUTOCAST_FP32 = {"layer_norm", "group_norm"}
@@ -122,8 +124,24 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     return row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)   # input's shape
 
 
+def offset_weight(weight: Optional[Tensor], offset: float, normalized_shape, x: Tensor):
+    """The weight of y = xhat * (offset + weight) (Gemma's RMSNorm uses offset 1): the
+    sum is taken in fp32 (fp64 for fp64), as Gemma takes it, and autograd carries the
+    gradient through it to ``weight`` unchanged."""
+    if not offset:
+        return weight
+    acc = torch.float64 if torch.float64 in (x.dtype, getattr(weight, "dtype", None)) else torch.float32
+    if weight is None:
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        return torch.full(shape, float(offset), dtype=acc, device=x.device)
+    return weight.to(acc) + offset
+
+
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
-             weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
+             weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
+             offset: float = 0.0) -> Tensor:
+    """torch's rms_norm; ``offset`` scales by (offset + weight) instead of weight."""
+    weight = offset_weight(weight, offset, normalized_shape, input)
     if _torch_path(input):
         return F.rms_norm(input, normalized_shape, weight, eps)
     xv, view = _rows(RMS, input, normalized_shape, weight, None)

@@ -4,6 +4,7 @@ Constructors, defaults, parameters, buffers, state_dict keys, extra_repr and
 isinstance checks are torch's own; only ``forward`` is overridden.
 """
 import warnings
+from typing import Optional
 
 import torch.nn as nn
 from torch import Tensor
@@ -15,13 +16,34 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNo
 
 
 class LayerNorm(nn.LayerNorm):
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None):
+        """torch's forward; with a ``residual``, (y, h) of the fused h = input + residual,
+        y = layer_norm(h), as vLLM's layers return them."""
+        if residual is not None:
+            return TF.add_layer_norm(input, residual, self.normalized_shape, self.weight,
+                                     self.bias, self.eps)
         return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.RMSNorm):
-    def forward(self, x: Tensor) -> Tensor:
-        return TF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+    """torch's RMSNorm, and ``offset``: y = xhat * (offset + weight), Gemma's RMSNorm
+    with offset=1.0 (whose weight then starts at zero: set it, or load Gemma's)."""
+    offset = 0.0
+
+    def __init__(self, *args, offset: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offset = offset
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return f"{text}, offset={self.offset}" if self.offset else text
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None):
+        """torch's forward; with a ``residual``, (y, h) as LayerNorm.forward."""
+        if residual is not None:
+            return TF.add_rms_norm(x, residual, self.normalized_shape, self.weight, self.eps,
+                                   offset=self.offset)
+        return TF.rms_norm(x, self.normalized_shape, self.weight, self.eps, offset=self.offset)
 
 
 class GroupNorm(nn.GroupNorm):

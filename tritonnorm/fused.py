@@ -1,0 +1,97 @@
+"""Residual add fused into LayerNorm/RMSNorm: ``h = x + residual``, ``y = norm(h)``.
+
+One kernel forward reads x and residual and writes y and h (4 passes over a row's
+bytes, against 5 for the add then the norm), and one kernel backward (plus the
+dw/db reduction) reads h, dy and the gradient of h and writes the gradient that x
+and residual share.  Eager calls run the kernels; traced calls (torch.compile,
+export), torch.func transforms, forward-mode AD and autocast run ``x + residual``
+then tritonnorm's norm, which torch differentiates.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import checks, composite
+from .dispatch import row_backward, row_forward
+from .spec import LAYER, RMS, match_layout
+
+
+class AddNorm(torch.autograd.Function):
+    """(y, h) of the fused add + norm; ``call`` = (view, spec, eps)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, call):
+        view, spec, eps = call
+        h = torch.empty_like(x)
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(h, weight)   # h is an output: modifying it in place is caught
+        ctx.state = (call, mean, rstd, bias is not None)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "tritonnorm: add_layer_norm/add_rms_norm have no double backward; for "
+                "gradients of gradients compute h = x + residual and call layer_norm/rms_norm")
+        h, weight = ctx.saved_tensors
+        (view, spec, eps), mean, rstd, has_bias = ctx.state
+        need = ctx.needs_input_grad
+        if dy is None:   # only h reached the loss: both inputs get its gradient
+            return dh if need[0] else None, dh if need[1] else None, None, None, None
+        need_dw = weight is not None and need[2]
+        need_db = has_bias and need[3]
+        dres = None if dh is None else match_layout(dh, view)
+        dx, dw, db = row_backward(h, match_layout(dy, view), view, spec, weight, mean, rstd,
+                                  need_dw, need_db, eps=eps, dres=dres)
+        return dx if need[0] else None, dx if need[1] else None, dw, db, None
+
+
+def _unfused(norm, x, residual, *args):
+    h = x + residual
+    if h.dtype != x.dtype:
+        h = h.to(x.dtype)
+    return norm(h, *args), h
+
+
+def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias, eps):
+    from . import functional as TF
+    from .ops import eager
+    if residual.shape != x.shape:
+        raise RuntimeError(f"residual of shape {list(residual.shape)} must have the input's "
+                           f"shape {list(x.shape)}")
+    norm = TF.layer_norm if spec is LAYER else TF.rms_norm
+    args = (normalized_shape, weight, bias, eps) if spec is LAYER else (normalized_shape, weight, eps)
+    if (TF._torch_path(x) or not eager(x) or composite.transforming()
+            or (x.is_cuda and torch.is_autocast_enabled("cuda"))):
+        return _unfused(norm, x, residual, *args)
+    xv, view = TF._rows(spec, x, normalized_shape, weight, bias)
+    checks.devices(x, weight, bias, residual)
+    r = residual.to(x.dtype).contiguous()   # xv is contiguous too: one set of strides
+    weight, bias = TF._flat(weight), TF._flat(bias)
+    if spec is RMS and eps is None:
+        eps = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (xv, r, weight, bias)):
+        return AddNorm.apply(xv, r, weight, bias, (view, spec, eps))
+    h = torch.empty_like(xv)
+    y, _, _ = row_forward(xv, view, spec, weight, bias, eps, residual=r, h=h)
+    return y, h
+
+
+def add_layer_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Sequence[int]],
+                   weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                   eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
+    """(layer_norm(h), h) with h = x + residual, both in x's dtype."""
+    return _add_norm(LAYER, x, residual, normalized_shape, weight, bias, eps)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Sequence[int]],
+                 weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
+                 offset: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """(rms_norm(h, weight=offset + weight), h) with h = x + residual, in x's dtype."""
+    from .functional import offset_weight
+    return _add_norm(RMS, x, residual, normalized_shape,
+                     offset_weight(weight, offset, normalized_shape, x), None, eps)
