@@ -110,3 +110,28 @@ def test_forward_rows_up_to_16384_are_loaded_once(plan, norm, shape, dtype):
     norm = {"layer": LAYER, "rms": RMS, "group": GROUP}[norm]
     cfg = config.row_config(view, x, norm, "fwd")
     assert cfg.chunk == 1 and cfg.BLOCK_J * cfg.BLOCK_S >= view.Cg * view.S
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_a_fused_residual_add_moves_four_tensors_a_pass(plan, norm):
+    """Forward reads x and residual, writes y and h: 4 tensors, against 5 for the add and
+    the norm apart.  Backward reads h, dy and dh, writes the one gradient x and residual
+    share: 4 (plus dw/db)."""
+    import tritonnorm.functional as TF
+    torch.manual_seed(0)
+    x = torch.randn(128, 1024, requires_grad=True)
+    r = torch.randn(128, 1024, requires_grad=True)
+    w = torch.rand(1024, requires_grad=True)
+    fused = (lambda: TF.add_layer_norm(x, r, (1024,), w)) if norm == "layer" else \
+        (lambda: TF.add_rms_norm(x, r, (1024,), w))
+    out = []
+    fwd = traffic.measure(lambda: out.append(fused()))
+    y, h = out[0]
+    dy, dh = torch.randn_like(y), torch.randn_like(h)
+    # autograd.grad: leaves' .grad accumulation would copy the shared gradient once more.
+    bwd = traffic.measure(lambda: torch.autograd.grad((y, h), (x, r, w), (dy, dh)))
+    s = x.numel() * x.element_size()
+    for c, launches, bound in ((fwd, 1, 1.10), (bwd, 2, 1.20)):
+        assert 1 <= c["launches"] <= launches
+        assert (c["issued"] + c["torch_bytes"]) / (4 * s) <= bound
+        assert c["distinct"] >= 0.99 * 4 * s
