@@ -173,3 +173,23 @@ def test_double_backward_says_how_to_get_it():
     y, h = TF.add_rms_norm(x, torch.randn(4, 8, device=DEVICE), (8,))
     with pytest.raises(RuntimeError, match="no double backward"):
         torch.autograd.grad(y.sum(), x, create_graph=True)
+
+
+def test_compiled_fused_norms_match_eager_without_a_graph_break():
+    """Traced, the fused functions are the add then tritonnorm's norm custom op."""
+    x, r, w, b = _inputs((4, 24), (24,), "weight+bias", torch.float32)
+
+    def step(x, r, w, b):
+        y1, h1 = TF.add_layer_norm(x, r, (24,), w, b)
+        y2, h2 = TF.add_rms_norm(y1, h1, (24,), w, offset=1.0)
+        return y2 + h2
+
+    compiled = torch.compile(step, fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in (x, r, w, b)]
+    twins = [t.clone().requires_grad_() for t in (x, r, w, b)]
+    out, ref = compiled(*leaves), step(*twins)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    out.sum().backward()
+    ref.sum().backward()
+    for a, c in zip(leaves, twins):
+        torch.testing.assert_close(a.grad, c.grad, **GRAD_TOL[torch.float32])
