@@ -21,7 +21,9 @@ and the constexprs below carry the rest:
   once and kept in registers for the statistics and the elementwise pass,
 * ``HAS_RES`` -- fused residual add (LayerNorm/RMSNorm): the row is
   h = x + residual, rounded to x's dtype as torch's add rounds it, and h is
-  written out as the pass reads it; a later walk over the same row reads h back.
+  written out as the pass reads it; a later walk over the same row reads h back,
+* ``CAST_XHAT`` -- xhat is rounded to the output dtype before the weight multiplies
+  it (Hugging Face's Llama-family RMSNorm casts back before its weight).
 
 Statistics of row (n, g) live at ``n * stat_sN + g``: ``stat_sN = G`` for
 per-row statistics, 0 for per-group constants shared by every sample.
@@ -119,6 +121,14 @@ def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.cons
 
 
 @triton.jit
+def _affine(xhat, w, b, Y_ptr, CAST_XHAT: tl.constexpr):
+    """xhat * w + b, with xhat first rounded to Y's dtype under CAST_XHAT."""
+    if CAST_XHAT:
+        xhat = xhat.to(Y_ptr.dtype.element_ty).to(xhat.dtype)
+    return xhat * w + b
+
+
+@triton.jit
 def _merge_partials(Part_ptr, r, rmask, n_part, ACC: tl.constexpr, BLOCK_PART: tl.constexpr):
     """(count, mean, M2) of rows r from their n_part Chan partials: exact parallel formula."""
     i = tl.arange(0, BLOCK_PART)[None, :]
@@ -153,7 +163,8 @@ def row_norm_fwd(
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, HAS_RES: tl.constexpr, ACC: tl.constexpr,
+    CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, HAS_RES: tl.constexpr,
+    CAST_XHAT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
@@ -230,7 +241,7 @@ def row_norm_fwd(
                     w, b = w_res.to(ACC), b_res.to(ACC)
                 else:
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
-                y = (x - mean3) * rstd3 * w + b
+                y = _affine((x - mean3) * rstd3, w, b, Y_ptr, CAST_XHAT)
                 tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
             else:
                 if HAS_RES:
@@ -242,5 +253,5 @@ def row_norm_fwd(
                                                     BLOCK_G, BLOCK_J, BLOCK_S)
                     xt = tl.load((H_ptr if HAS_RES else X_ptr) + offs, mask=mask, other=0.0).to(ACC)
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
-                    y = (xt - mean3) * rstd3 * w + b
+                    y = _affine((xt - mean3) * rstd3, w, b, Y_ptr, CAST_XHAT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

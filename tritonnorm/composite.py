@@ -71,7 +71,7 @@ def row_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], view: 
         mean = torch.zeros((), dtype=acc, device=x.device)
         rstd = torch.rsqrt(x4.square().mean(dim=(2, 3), keepdim=True) + eps)
         xhat = x4 * rstd
-    y4 = xhat
+    y4 = xhat.to(x.dtype).to(acc) if spec.cast_xhat else xhat
     if weight is not None:
         y4 = y4 * param4(weight.to(acc), view, spec)
     if bias is not None:

@@ -4,6 +4,7 @@ from typing import List, NamedTuple
 
 import torch.nn as nn
 
+from . import hf
 from . import modules as ours
 from .sync_batchnorm import SyncBatchNorm
 
@@ -38,6 +39,9 @@ def convert(module: nn.Module, *, sync_batchnorm: bool = False, process_group=No
     dtype, training flag and hooks stay exactly as they were: our classes
     subclass torch's and differ only in ``forward``, so the swap changes only
     the layer's class.  A user's own subclass of a torch norm is left alone.
+    The norm classes of Hugging Face models in ``tritonnorm.hf.KNOWN`` get a
+    subclass of their own class with tritonnorm's forward; other modules whose
+    class looks like a norm are left alone and named in the report.
     With ``sync_batchnorm=True`` every BatchNorm*D becomes a tritonnorm
     SyncBatchNorm over ``process_group`` instead (new modules sharing the
     parameters and buffers, as torch's convert_sync_batchnorm makes).
@@ -56,6 +60,12 @@ def convert(module: nn.Module, *, sync_batchnorm: bool = False, process_group=No
             report.append(Swap(name, f"torch.nn.{before}", f"tritonnorm.{target.__name__}"))
         elif isinstance(m, tuple(SWAPS)) and type(m) not in done:
             report.append(Swap(name, type(m).__qualname__, "left alone (subclass)"))
+        elif hf.subclass_for(type(m)) is not None:
+            before = hf.qualname(type(m))
+            m.__class__ = hf.subclass_for(type(m))
+            report.append(Swap(name, before, f"tritonnorm.hf.{type(m).__name__}"))
+        elif hf.looks_like_a_norm(m):
+            report.append(Swap(name, hf.qualname(type(m)), "left alone (unknown norm class)"))
     for swap in report:
         log.info("convert: %s: %s -> %s", swap.name or "<root>", swap.before, swap.after)
     return (module, report) if return_report else module

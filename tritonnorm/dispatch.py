@@ -98,6 +98,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b, W_MODE=spec.w_mode,
                   UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
+                  CAST_XHAT=spec.cast_xhat,
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))

@@ -15,7 +15,7 @@ from . import checks, config
 from ._runtime import use_triton
 from .fused import add_layer_norm, add_rms_norm
 from .ops import row_norm
-from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
+from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, batch_layout, channel_layout, row_layout
 
 __all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "rms_norm"]
@@ -50,7 +50,7 @@ def _torch_path(x: Tensor) -> bool:
 # Per row norm: torch's names for it (in its dtype error, in its argument errors) and
 # whether torch's parameter-dtype rule applies (RMSNorm takes any mix).
 _ROW_NORMS = {LAYER: ("LayerNormKernelImpl", "layer_norm", True),
-              RMS: ("rms_norm", "rms_norm", False)}
+              RMS: ("rms_norm", "rms_norm", False), RMS_CAST: ("rms_norm", "rms_norm", False)}
 
 
 def _rows(spec, x: Tensor, normalized_shape, weight, bias):
@@ -144,12 +144,18 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     weight = offset_weight(weight, offset, normalized_shape, input)
     if _torch_path(input):
         return F.rms_norm(input, normalized_shape, weight, eps)
-    xv, view = _rows(RMS, input, normalized_shape, weight, None)
+    return rms_norm_of(RMS, input, normalized_shape, weight, eps)
+
+
+def rms_norm_of(spec, input: Tensor, normalized_shape, weight: Optional[Tensor],
+                eps: Optional[float]) -> Tensor:
+    """rms_norm with the kernels, for RMS or RMS_CAST (tritonnorm.hf)."""
+    xv, view = _rows(spec, input, normalized_shape, weight, None)
     checks.devices(input, weight)
     if eps is None:
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
         eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    return row_norm(xv, _flat(weight), None, view, RMS, eps)
+    return row_norm(xv, _flat(weight), None, view, spec, eps)
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,

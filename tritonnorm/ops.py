@@ -15,9 +15,9 @@ from torch import Tensor
 
 from . import composite
 from .dispatch import acc_dtype, row_backward, row_forward
-from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RowView, match_layout
+from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout
 
-SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH]
+SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH, RMS_CAST]
 FORMATS = [torch.contiguous_format, torch.channels_last, torch.channels_last_3d]
 
 

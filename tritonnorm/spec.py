@@ -31,10 +31,14 @@ class ReductionSpec(NamedTuple):
     name: str
     center: bool    # subtract the mean (False for RMSNorm)
     w_mode: int     # W_BY_CHANNEL, W_BY_ELEMENT or W_BY_ROW
+    cast_xhat: bool = False   # xhat rounded to the input's dtype before the weight (CAST_XHAT)
 
 
 LAYER = ReductionSpec("layer_norm", center=True, w_mode=W_BY_ELEMENT)
 RMS = ReductionSpec("rms_norm", center=False, w_mode=W_BY_ELEMENT)
+# Hugging Face's Llama-family RMSNorm (and T5LayerNorm): normalised in fp32, cast back to
+# the input's dtype, then multiplied by the weight -- two roundings in bf16, as it has.
+RMS_CAST = ReductionSpec("rms_norm_cast", center=False, w_mode=W_BY_ELEMENT, cast_xhat=True)
 GROUP = ReductionSpec("group_norm", center=True, w_mode=W_BY_CHANNEL)
 INSTANCE = ReductionSpec("instance_norm", center=True, w_mode=W_BY_CHANNEL)
 BATCH = ReductionSpec("batch_norm", center=True, w_mode=W_BY_ROW)
