@@ -103,3 +103,19 @@ def test_every_cli_option_states_its_default():
         for action in command._actions:
             if action.option_strings and action.dest != "help":
                 assert re.search(r"default", action.help or ""), f"{name} {action.option_strings}"
+
+
+def test_fused_suite_writes_csv_table_and_plots(tmp_path, capsys):
+    from tritonnorm.bench_fused import run_fused
+    rows = _read(run_fused([torch.float32], tmp_path))
+    assert list(rows[0]) == COLUMNS
+    assert {r["norm"] for r in rows} == {"add_rms", "add_layer"}
+    assert {r["provider"] for r in rows} >= {"tritonnorm", "torch"}
+    assert {r["pass"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
+    # GB/s counts 4 tensors a pass (8 for fwd+bwd), of x's size each.
+    r = next(r for r in rows if r["pass"] == "fwd+bwd")
+    s = 16 * 64 * 4
+    assert float(r["gbps"]) == pytest.approx(8 * s / float(r["ms_median"]) / 1e6, rel=1e-3)
+    assert "| add_rms | fwd |" in (tmp_path / "fused.md").read_text()
+    assert (tmp_path / "add_rms_fwd.png").stat().st_size > 0
+    assert f"wrote {tmp_path / 'fused.md'}" in capsys.readouterr().out

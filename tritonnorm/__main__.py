@@ -54,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dtypes (repeatable; default: float32 and bfloat16)")
     bench.add_argument("--out", default="perf/out",
                        help="output directory for CSV, markdown and PNG (default: perf/out)")
-    bench.add_argument("--suite", choices=["sweep", "models", "host", "all"], default="sweep",
+    bench.add_argument("--suite", choices=["sweep", "models", "host", "fused", "all"],
+                       default="sweep",
                        help="per-norm throughput sweep, model training steps, host time per "
-                            "eager call against torch's, or all three (default: sweep)")
+                            "eager call against torch's, the residual add fused into "
+                            "RMSNorm/LayerNorm against torch's add then norm, or all four "
+                            "(default: sweep)")
     bench.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
                        help="sweep: start no new case after this many seconds "
                             "(default: none, the whole sweep)")
@@ -79,6 +82,9 @@ def main(argv=None) -> int:
         if args.suite in ("host", "all"):
             from .bench_host import run_host
             run_host(args.out)
+        if args.suite in ("fused", "all"):
+            from .bench_fused import run_fused
+            run_fused(dtypes, args.out)
         return 0
     if args.command == "tune":
         from .tune import DTYPES, GRID, tune as run_tune
