@@ -22,8 +22,12 @@ and the constexprs below carry the rest:
 * ``HAS_RES`` -- fused residual add (LayerNorm/RMSNorm): the row is
   h = x + residual, rounded to x's dtype as torch's add rounds it, and h is
   written out as the pass reads it; a later walk over the same row reads h back,
-* ``CAST_XHAT`` -- xhat is rounded to the output dtype before the weight multiplies
-  it (Hugging Face's Llama-family RMSNorm casts back before its weight).
+* ``CAST_XHAT`` -- xhat is rounded to the input's dtype before the weight multiplies
+  it (Hugging Face's Llama-family RMSNorm casts back before its weight),
+* ``QUANT`` -- quantized output, 1: int8, 2: fp8 e4m3: y / scale, clamped to +-qmax
+  (int8 rounded half to even) and stored in Y's dtype; the scale per row is
+  amax(|y|) / qmax, written to Scale (``DYNAMIC``), or one given per tensor.  A row
+  walked in tiles is walked once more for its amax, without storing; PHASE 0 only.
 
 Statistics of row (n, g) live at ``n * stat_sN + g``: ``stat_sN = G`` for
 per-row statistics, 0 for per-group constants shared by every sample.
@@ -121,11 +125,56 @@ def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.cons
 
 
 @triton.jit
-def _affine(xhat, w, b, Y_ptr, CAST_XHAT: tl.constexpr):
-    """xhat * w + b, with xhat first rounded to Y's dtype under CAST_XHAT."""
+def _affine(xhat, w, b, X_ptr, CAST_XHAT: tl.constexpr):
+    """xhat * w + b, with xhat first rounded to X's dtype under CAST_XHAT."""
     if CAST_XHAT:
-        xhat = xhat.to(Y_ptr.dtype.element_ty).to(xhat.dtype)
+        xhat = xhat.to(X_ptr.dtype.element_ty).to(xhat.dtype)
     return xhat * w + b
+
+
+@triton.jit
+def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, mean3, rstd3,
+            W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+            CAST_XHAT: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
+            BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """(offs, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
+    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                    BLOCK_G, BLOCK_J, BLOCK_S)
+    xt = tl.load(Src_ptr + offs, mask=mask, other=0.0).to(ACC)
+    w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
+    return offs, mask, _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
+
+
+@triton.jit
+def _tile_amax(y, mask):
+    """[BLOCK_G] max |y| of each row of a tile."""
+    return tl.max(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=2), axis=1)
+
+
+@triton.jit
+def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.constexpr):
+    """[BLOCK_G, 1, 1] scale of each row: amax / qmax in fp32, stored (DYNAMIC; rows with
+    no value above 1e-12 get 1e-12 / qmax, so they quantize to 0), or the given one."""
+    if DYNAMIC:
+        qmax = 127.0 if QUANT == 1 else 448.0
+        a = tl.maximum(amax.to(tl.float32), 1e-12)
+        scale = div(a, tl.zeros_like(a) + qmax)
+        tl.store(Scale_ptr + rs, scale, mask=rmask)
+    else:
+        scale = tl.load(Scale_ptr + rs * 0).to(tl.float32)
+    return scale[:, None, None]
+
+
+@triton.jit
+def _quantize(y, scale3, QUANT: tl.constexpr):
+    """y / scale clamped to +-qmax; int8 rounded half to even (as torch.round): adding
+    and taking away 1.5 * 2^23 shifts the fraction out of an fp32 of magnitude < 2^22."""
+    qmax = 127.0 if QUANT == 1 else 448.0
+    v = div(y.to(tl.float32), scale3 + tl.zeros_like(y).to(tl.float32))
+    v = tl.minimum(tl.maximum(v, -qmax), qmax)
+    if QUANT == 1:
+        v = (v + 12582912.0) - 12582912.0
+    return v
 
 
 @triton.jit
@@ -159,12 +208,13 @@ def row_norm_fwd(
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
     R_ptr,     # shape (N, G, Cg, S), same strides as X: the residual, read when HAS_RES
     H_ptr,     # shape (N, G, Cg, S), same strides as X: h = x + residual, written when HAS_RES
+    Scale_ptr,  # shape (N * G,) fp32 row scales written (DYNAMIC), or (1,) given; QUANT only
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, HAS_RES: tl.constexpr,
-    CAST_XHAT: tl.constexpr, ACC: tl.constexpr,
+    CAST_XHAT: tl.constexpr, QUANT: tl.constexpr, DYNAMIC: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
@@ -241,17 +291,31 @@ def row_norm_fwd(
                     w, b = w_res.to(ACC), b_res.to(ACC)
                 else:
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
-                y = _affine((x - mean3) * rstd3, w, b, Y_ptr, CAST_XHAT)
+                y = _affine((x - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
+                if QUANT != 0:
+                    y = _quantize(y, _row_scale(_tile_amax(y, mask), Scale_ptr, rs, rmask,
+                                                QUANT, DYNAMIC), QUANT)
                 tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
             else:
                 if HAS_RES:
                     # h of this row was written by the first walk, by other threads of
                     # this program: a barrier makes it visible before it is read back.
                     tl.debug_barrier()
+                if QUANT != 0:
+                    amax = tl.zeros([BLOCK_G], ACC)
+                    if DYNAMIC:   # a walk for the row's amax, storing nothing
+                        for t in range(t0, t1):
+                            offs, mask, y = _y_tile(
+                                H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G,
+                                Cg, S, sN, sG, sJ, sS, nSB, mean3, rstd3, W_MODE, HAS_W, HAS_B,
+                                CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                            amax = tl.maximum(amax, _tile_amax(y, mask))
+                    scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
-                    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S)
-                    xt = tl.load((H_ptr if HAS_RES else X_ptr) + offs, mask=mask, other=0.0).to(ACC)
-                    w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
-                    y = _affine((xt - mean3) * rstd3, w, b, Y_ptr, CAST_XHAT)
+                    offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t,
+                                            n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, mean3, rstd3,
+                                            W_MODE, HAS_W, HAS_B, CAST_XHAT, ACC, BLOCK_G,
+                                            BLOCK_J, BLOCK_S)
+                    if QUANT != 0:
+                        y = _quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

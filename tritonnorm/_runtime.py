@@ -29,7 +29,9 @@ def _interpreter_scalar_index() -> None:
 def _interpreter_bf16_rounding() -> None:
     """A GPU rounds fp32 -> bf16 to nearest even (Triton's default for every float
     downcast); the interpreter truncates, which doubles the error of bf16 outputs.
-    Round to nearest even there too, on the bits; NaN stays a quiet NaN."""
+    Round to nearest even there too, on the bits; NaN stays a quiet NaN.  fp32 -> fp8
+    e4m3 likewise: the interpreter rounds half away from zero on the bits, a GPU to
+    nearest even (torch's conversion, used here)."""
     import numpy as np
     from triton.runtime import interpreter
     convert = getattr(interpreter, "_convert_float", None)
@@ -40,6 +42,10 @@ def _interpreter_bf16_rounding() -> None:
     rtz = getattr(modes, "RTZ", object())   # an explicit round-toward-zero keeps truncating
 
     def patched(input, input_dtype, output_dtype, rounding_mode=None, *rest):
+        if input_dtype == tl.float32 and output_dtype == tl.float8e4nv and rounding_mode != rtz:
+            import torch
+            t = torch.from_numpy(np.ascontiguousarray(input, dtype=np.float32))
+            return t.to(torch.float8_e4m3fn).view(torch.uint8).numpy().reshape(input.shape)
         if input_dtype != tl.float32 or output_dtype != tl.bfloat16 or rounding_mode == rtz:
             return convert(input, input_dtype, output_dtype, rounding_mode, *rest)
         bits = np.frombuffer(np.ascontiguousarray(input).tobytes(), dtype=np.uint32).reshape(input.shape)

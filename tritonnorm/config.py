@@ -171,6 +171,10 @@ def _coalescing_rows(view: RowView, order, itemsize: int) -> int:
 
 
 def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
+    # "quant": the forward with quantized output, whose row amax must be whole in one
+    # program -- the forward's config, never split.
+    whole_rows = pass_ == "quant"
+    pass_ = "fwd" if whole_rows else pass_
     tuned = _tuned(view, x, spec.name if spec is not None else None, pass_)
     # Weights indexed by element (LayerNorm/RMSNorm) are as long as a row.
     by_element = spec is not None and spec.w_mode == W_BY_ELEMENT
@@ -233,7 +237,9 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         per_thread //= 2   # 8 elements a thread in a strided backward walk (see above)
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
     split = 1
-    if "split" in _overrides:
+    if whole_rows:
+        split = 1   # a row's amax is taken in one program
+    elif "split" in _overrides:
         split = _overrides["split"]
     elif n_rb < target:
         # Few, long rows: share each row between programs so the GPU stays busy...

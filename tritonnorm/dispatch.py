@@ -86,19 +86,21 @@ _COLSUM = config.memo()
 _FLOATS = config.memo()
 
 
-def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False) -> _Launch:
+def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False,
+                quant=0, dynamic=False) -> _Launch:
     # get_device(): an int, cheaper than x.device (the dtype and view tell CPU from GPU apart
     # only together with it: -1 is the CPU under the interpreter).
-    key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part, has_res)
+    key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part, has_res,
+           quant, dynamic)
     hit = _FWD.get(key)
     if hit is not None:
         return hit
-    cfg = config.row_config(view, x, spec, "fwd")
+    cfg = config.row_config(view, x, spec, "quant" if quant else "fwd")
     grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b, W_MODE=spec.w_mode,
                   UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
-                  CAST_XHAT=spec.cast_xhat,
+                  CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
@@ -117,7 +119,7 @@ def _split(value):
 
 
 def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
-         h=None):
+         h=None, scale=None):
     if running is None:   # unused pointers: any tensor
         rm = rv = rm_out = rv_out = nbt = mean
         mom_hi = mom_lo = 0.0
@@ -128,7 +130,8 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, re
         mom_hi, mom_lo = _split(momentum)
     _run_fwd(L.compiled, (x, y, x if weight is None else weight, x if bias is None else bias,
                           mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
-                          x if residual is None else residual, x if h is None else h),
+                          x if residual is None else residual, x if h is None else h,
+                          x if scale is None else scale),
              (*L.ints, *_split(eps), mom_hi, mom_lo, *L.consts), L.grid, L.opts)
 
 
@@ -149,7 +152,8 @@ def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=Non
 
 
 def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
-                mean=None, var=None, running=None, partials=None, residual=None, h=None):
+                mean=None, var=None, running=None, partials=None, residual=None, h=None,
+                quant=None):
     """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
 
     * ``mean``/``var`` given (shape (G,), e.g. running statistics): applied as
@@ -161,8 +165,12 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
       running statistics, in place or into the two new tensors; momentum None
       means the cumulative average 1 / num_batches_tracked, read on the device.
     * ``residual`` (x's dtype and strides; LayerNorm/RMSNorm): normalise
-      h = x + residual instead, and write h to ``h`` (x's dtype and strides)."""
+      h = x + residual instead, and write h to ``h`` (x's dtype and strides).
+    * ``quant`` = (dtype, scale, dynamic): y quantized to int8 / fp8 e4m3 by ``scale``
+      (fp32): a given per-tensor one, or, ``dynamic``, one per row written there."""
     has_w, has_b = weight is not None, bias is not None
+    if quant is not None:
+        return _quant_forward(x, view, spec, weight, bias, eps, residual, h, quant)
     y = torch.empty_like(x)   # x is dense (row-major or channels_last): its strides are kept
     if mean is not None:
         L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1)
@@ -182,6 +190,23 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
             x = h
     L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1])
     _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running)
+    return y, mean, rstd
+
+
+# The kernels' QUANT constexpr per output dtype.
+QUANT_KIND = {torch.int8: 1, torch.float8_e4m3fn: 2}
+
+
+def _quant_forward(x, view, spec, weight, bias, eps, residual, h, quant):
+    """row_forward's quantized output: one PHASE 0 pass (config "quant": no split, since
+    a row's amax must be whole in one program)."""
+    dtype, scale, dynamic = quant
+    L = _fwd_launch(0, x, view, spec, weight is not None, bias is not None, NO_RUNNING, 1,
+                    residual is not None, QUANT_KIND[dtype], dynamic)
+    y = torch.empty_like(x, dtype=dtype)
+    acc = acc_dtype(x)
+    mean, rstd = x.new_empty(view.rows, dtype=acc), x.new_empty(view.rows, dtype=acc)
+    _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, None, residual, h, scale)
     return y, mean, rstd
 
 

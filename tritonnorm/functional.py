@@ -15,10 +15,11 @@ from . import checks, config
 from ._runtime import use_triton
 from .fused import add_layer_norm, add_rms_norm
 from .ops import row_norm
+from .quant import layer_norm_quant, rms_norm_quant
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, batch_layout, channel_layout, row_layout
 
 __all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instance_norm",
-           "layer_norm", "rms_norm"]
+           "layer_norm", "layer_norm_quant", "rms_norm", "rms_norm_quant"]
 
 # Ops that CUDA autocast runs in fp32 (torch's autocast op reference).
 _AUTOCAST_FP32 = {"layer_norm", "group_norm"}
