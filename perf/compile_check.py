@@ -107,6 +107,31 @@ def _drive(quick: bool, norms=None) -> None:
                                     m(x).backward(torch.empty_like(y))
 
 
+def _drive_fused(quick: bool) -> None:
+    """The transformer-block flags: the residual add (HAS_RES, HAS_DRES), quantized
+    output (QUANT, DYNAMIC) and Hugging Face's cast before the weight (CAST_XHAT)."""
+    import torch
+    import tritonnorm.functional as TF
+    from tritonnorm import config
+    from tritonnorm.spec import RMS_CAST
+    dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32, torch.float16]
+    for shape in [(8, 768)] if quick else [(8, 768), (4, 16384), (3, 100)]:
+        k = shape[-1]
+        for dtype in dtypes:
+            for tiling in [{}] if quick else [{}, {"max_tile": 256}, {"split": 4}]:
+                with config.override(**tiling):
+                    x, r = (torch.empty(shape, dtype=dtype, requires_grad=True) for _ in "xr")
+                    w, b = (torch.empty(k, dtype=dtype, requires_grad=True) for _ in "wb")
+                    for y, h in (TF.add_layer_norm(x, r, (k,), w, b), TF.add_rms_norm(x, r, (k,), w)):
+                        torch.autograd.backward((y, h), (torch.empty_like(y), torch.empty_like(h)))
+                    y = TF.rms_norm_of(RMS_CAST, x, (k,), w, 1e-6)
+                    y.backward(torch.empty_like(y))
+                    with torch.no_grad():
+                        for qd in (torch.int8, torch.float8_e4m3fn):
+                            TF.rms_norm_quant(x, (k,), w, dtype=qd)
+                            TF.layer_norm_quant(x, (k,), w, b, residual=r, dtype=qd, scale=1.0)
+
+
 def record(path: str, quick: bool, sms: int, norms=None) -> int:
     os.environ["TRITON_INTERPRET"] = "1"
     # Launch configs as on a GPU with `sms` SMs (dispatch's planning knob).
@@ -121,6 +146,8 @@ def record(path: str, quick: bool, sms: int, norms=None) -> int:
 
     interp.InterpretedFunction.run = run
     _drive(quick, norms)
+    if not norms or "fused" in norms:
+        _drive_fused(quick)
     with open(path, "w") as f:
         json.dump([json.loads(k) for k in seen], f)
     return len(seen)
@@ -207,7 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--sms", type=int, default=132, help="SM count the launch configs assume")
     p.add_argument("--quick", action="store_true", help="fp32/bf16, default tiling only")
-    p.add_argument("--norm", action="append", choices=["layer", "rms", "group", "instance", "batch"],
+    p.add_argument("--norm", action="append", choices=["layer", "rms", "group", "instance", "batch", "fused"],
                    help="norms to drive (repeatable; default: all)")
     p.add_argument("--record-only", metavar="PATH", help=argparse.SUPPRESS)
     a = p.parse_args(argv)

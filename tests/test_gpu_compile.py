@@ -15,7 +15,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "compile_check.py"
 
 
-@pytest.mark.parametrize("norm", ["layer", "group", "batch"])
+@pytest.mark.parametrize("norm", ["layer", "group", "batch", "fused"])
 def test_launched_specialisations_compile_for_sm90(norm):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--jobs", "1", "--norm", norm],
