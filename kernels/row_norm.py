@@ -24,6 +24,9 @@ and the constexprs below carry the rest:
   written out as the pass reads it; a later walk over the same row reads h back,
 * ``CAST_XHAT`` -- xhat is rounded to the input's dtype before the weight multiplies
   it (Hugging Face's Llama-family RMSNorm casts back before its weight),
+* ``Y_STRIDED`` -- LayerNorm/RMSNorm over the last dims of a strided view (QK-norm
+  of a fused QKV projection): x is read in place through (sN, sG), and y, dense,
+  has its rows at (ysN, ysG) (``tiles.out_offsets``),
 * ``QUANT`` -- quantized output, 1: int8, 2: fp8 e4m3: y / scale, clamped to +-qmax
   (int8 rounded half to even) and stored in Y's dtype; the scale per row is
   amax(|y|) / qmax, written to Scale (``DYNAMIC``), or one given per tensor.  A row
@@ -38,8 +41,8 @@ Programs are persistent over row blocks: program ``pid`` takes row blocks
 import triton
 import triton.language as tl
 
-from .tiles import (div, lane_moments, lane_welford, row_block, rsqrt, sum_js, tile_moments,
-                    tile_offsets, wide)
+from .tiles import (div, lane_moments, lane_welford, out_offsets, row_block, rsqrt, sum_js,
+                    tile_moments, tile_offsets, wide)
 
 
 @triton.jit
@@ -133,16 +136,17 @@ def _affine(xhat, w, b, X_ptr, CAST_XHAT: tl.constexpr):
 
 
 @triton.jit
-def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, mean3, rstd3,
-            W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+            mean3, rstd3, Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
             CAST_XHAT: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
             BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
-    """(offs, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
+    """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S)
     xt = tl.load(Src_ptr + offs, mask=mask, other=0.0).to(ACC)
     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
-    return offs, mask, _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
+    y = _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
+    return out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED), mask, y
 
 
 @triton.jit
@@ -195,7 +199,7 @@ def _merge_partials(Part_ptr, r, rmask, n_part, ACC: tl.constexpr, BLOCK_PART: t
 @triton.jit
 def row_norm_fwd(
     X_ptr,     # shape (N, G, Cg, S), strided
-    Y_ptr,     # shape (N, G, Cg, S), same strides as X
+    Y_ptr,     # shape (N, G, Cg, S), same strides as X; rows at (ysN, ysG) if Y_STRIDED
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     B_ptr,     # shape like W
     Mean_ptr,  # shape (N * G,) saved mean, fp32 (fp64 for fp64 input); (G,) if stat_sN == 0
@@ -210,11 +214,12 @@ def row_norm_fwd(
     H_ptr,     # shape (N, G, Cg, S), same strides as X: h = x + residual, written when HAS_RES
     Scale_ptr,  # shape (N * G,) fp32 row scales written (DYNAMIC), or (1,) given; QUANT only
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, HAS_RES: tl.constexpr,
-    CAST_XHAT: tl.constexpr, QUANT: tl.constexpr, DYNAMIC: tl.constexpr, ACC: tl.constexpr,
+    CAST_XHAT: tl.constexpr, QUANT: tl.constexpr, DYNAMIC: tl.constexpr,
+    Y_STRIDED: tl.constexpr, ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
@@ -295,7 +300,8 @@ def row_norm_fwd(
                 if QUANT != 0:
                     y = _quantize(y, _row_scale(_tile_amax(y, mask), Scale_ptr, rs, rmask,
                                                 QUANT, DYNAMIC), QUANT)
-                tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
+                yoffs = out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED)
+                tl.store(Y_ptr + yoffs, y.to(Y_ptr.dtype.element_ty), mask=mask)
             else:
                 if HAS_RES:
                     # h of this row was written by the first walk, by other threads of
@@ -307,14 +313,15 @@ def row_norm_fwd(
                         for t in range(t0, t1):
                             offs, mask, y = _y_tile(
                                 H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G,
-                                Cg, S, sN, sG, sJ, sS, nSB, mean3, rstd3, W_MODE, HAS_W, HAS_B,
+                                Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3, Y_STRIDED,
+                                W_MODE, HAS_W, HAS_B,
                                 CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                             amax = tl.maximum(amax, _tile_amax(y, mask))
                     scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
                     offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t,
-                                            n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, mean3, rstd3,
-                                            W_MODE, HAS_W, HAS_B, CAST_XHAT, ACC, BLOCK_G,
+                                            n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+                                            mean3, rstd3, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACC, BLOCK_G,
                                             BLOCK_J, BLOCK_S)
                     if QUANT != 0:
                         y = _quantize(y, scale3, QUANT)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .row_norm import _chunk, _param_index, _tile_j
-from .tiles import div, row_block, rsqrt, sum_js, tile_offsets, wide
+from .tiles import div, out_offsets, row_block, rsqrt, sum_js, tile_offsets, wide
 
 
 @triton.jit
@@ -43,22 +43,27 @@ def _weight(W_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ACC: tl.constexpr,
-              BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Tile t of the rows: its offsets, mask, g and j, and x and dy in ACC."""
+def _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+              Y_STRIDED: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
+              BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Tile t of the rows: its offsets in dy and dx (x's, unless Y_STRIDED), mask, g
+    and j, and x and dy in ACC."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S)
     x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
-    dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(ACC)
-    return offs, mask, g, j, x, dy
+    yoffs = out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED)
+    dy = tl.load(DY_ptr + yoffs, mask=mask, other=0.0).to(ACC)
+    return yoffs, mask, g, j, x, dy
 
 
 @triton.jit
-def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE: tl.constexpr,
+def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+          Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr,
           HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr,
           BLOCK_S: tl.constexpr):
     """_tile_xdy, and the tile's weight w in ACC."""
     offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                        ysN, ysG, Y_STRIDED,
                                         ACC, BLOCK_G, BLOCK_J, BLOCK_S)
     return offs, mask, g, j, x, dy, _weight(W_ptr, g, j, Cg, G, W_MODE, HAS_W, ACC)
 
@@ -126,19 +131,20 @@ def _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES: tl.constexpr):
 @triton.jit
 def row_norm_bwd(
     X_ptr,     # shape (N, G, Cg, S), strided
-    DY_ptr,    # shape (N, G, Cg, S), same strides as X
-    DX_ptr,    # shape (N, G, Cg, S), same strides as X
+    DY_ptr,    # shape (N, G, Cg, S), same strides as X; rows at (ysN, ysG) if Y_STRIDED
+    DX_ptr,    # shape (N, G, Cg, S), laid out like DY
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,); in PHASE 3 the given variance
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
     DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once
-    DH_ptr,    # shape (N, G, Cg, S), same strides as X: gradient of h, read when HAS_DRES
+    DH_ptr,    # shape (N, G, Cg, S), laid out like DY: gradient of h, read when HAS_DRES
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, stat_sN, Cw, M, eps_hi, eps_lo,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, Cw, M, eps_hi, eps_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, RESIDENT: tl.constexpr,
-    TILE_OUTER: tl.constexpr, HAS_DRES: tl.constexpr, ACC: tl.constexpr,
+    TILE_OUTER: tl.constexpr, HAS_DRES: tl.constexpr, Y_STRIDED: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
@@ -175,7 +181,7 @@ def row_norm_bwd(
                     Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG,
-                                                    sJ, sS, nSB, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                                    sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
@@ -196,11 +202,11 @@ def row_norm_bwd(
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t0, n, g0, G, Cg, S, sN,
-                                                        sG, sJ, sS, nSB, ACC, BLOCK_G, BLOCK_J,
+                                                        sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC, BLOCK_G, BLOCK_J,
                                                         BLOCK_S)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
-                        X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
+                        X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, W_MODE,
                         HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
@@ -213,7 +219,7 @@ def row_norm_bwd(
                 l2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                 for t in range(t0, t1):
                     offs, mask, g, j, xt, dy, w = _tile(
-                        X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
+                        X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, W_MODE,
                         HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
@@ -244,7 +250,7 @@ def row_norm_bwd(
                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     for t in range(t0, t1):
                         offs, mask, g, j, xt, dy, w = _tile(
-                            X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, W_MODE,
+                            X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, W_MODE,
                             HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
                         _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)

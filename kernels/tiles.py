@@ -47,6 +47,17 @@ def tile_offsets(t, n, g0, G, Cg, S,
 
 
 @triton.jit
+def out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED: tl.constexpr):
+    """Offsets in the outputs (y, dy, dx) of the elements at ``offs`` in x: the same,
+    unless x's rows are strided (LayerNorm/RMSNorm over the last dims of a view) and the
+    outputs dense, with rows at (ysN, ysG) instead of (sN, sG)."""
+    if Y_STRIDED:
+        return offs + n.to(tl.int64) * (ysN - sN) + g.to(tl.int64) * (ysG - sG)
+    else:
+        return offs
+
+
+@triton.jit
 def sum_js(v):
     """Sum a [BLOCK_G, BLOCK_J, BLOCK_S] tile over its j and s axes -> [BLOCK_G]."""
     return tl.sum(tl.sum(v, axis=2), axis=1)

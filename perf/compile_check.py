@@ -109,7 +109,8 @@ def _drive(quick: bool, norms=None) -> None:
 
 def _drive_fused(quick: bool) -> None:
     """The transformer-block flags: the residual add (HAS_RES, HAS_DRES), quantized
-    output (QUANT, DYNAMIC) and Hugging Face's cast before the weight (CAST_XHAT)."""
+    output (QUANT, DYNAMIC), Hugging Face's cast before the weight (CAST_XHAT) and rows
+    of a strided view (Y_STRIDED)."""
     import torch
     import tritonnorm.functional as TF
     from tritonnorm import config
@@ -126,6 +127,9 @@ def _drive_fused(quick: bool) -> None:
                         torch.autograd.backward((y, h), (torch.empty_like(y), torch.empty_like(h)))
                     y = TF.rms_norm_of(RMS_CAST, x, (k,), w, 1e-6)
                     y.backward(torch.empty_like(y))
+                    q = torch.empty(shape[0], 3 * k, dtype=dtype, requires_grad=True)[:, :k]
+                    for y in (TF.layer_norm(q, (k,), w, b), TF.rms_norm(q, (k,), w)):   # Y_STRIDED
+                        y.backward(torch.empty_like(y))
                     with torch.no_grad():
                         for qd in (torch.int8, torch.float8_e4m3fn):
                             TF.rms_norm_quant(x, (k,), w, dtype=qd)

@@ -22,7 +22,7 @@ import triton.language as tl
 from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from .launch import launcher
-from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView
+from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, out_like, rows_strided
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -68,9 +68,12 @@ def _launch(kernel, grid, ints, consts: dict, cfg) -> _Launch:
     return _Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg, {})
 
 
-def _geometry(view: RowView, cfg: config.RowConfig, n_part: int):
+def _geometry(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part: int):
+    """The kernels' geometry ints; the outputs' row strides (ysN, ysG) are x's, or the
+    dense ones where x's rows are strided (spec.rows_strided)."""
+    ys = (view.G * view.Cg, view.Cg) if rows_strided(view, spec) else (view.sN, view.sG)
     return (view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS,
-            cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part)
+            cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part) + ys
 
 
 def _blocks(cfg: config.RowConfig, n_part: int):
@@ -101,8 +104,9 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
+                  Y_STRIDED=rows_strided(view, spec),
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
-    ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G,)
+    ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
 
 
@@ -171,7 +175,7 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     has_w, has_b = weight is not None, bias is not None
     if quant is not None:
         return _quant_forward(x, view, spec, weight, bias, eps, residual, h, quant)
-    y = torch.empty_like(x)   # x is dense (row-major or channels_last): its strides are kept
+    y = out_like(x, view, spec)   # x's dense layout (row-major or channels_last), or row-major
     if mean is not None:
         L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1)
         _fwd(L, x, y, weight, bias, mean, var, mean, eps)
@@ -203,7 +207,7 @@ def _quant_forward(x, view, spec, weight, bias, eps, residual, h, quant):
     dtype, scale, dynamic = quant
     L = _fwd_launch(0, x, view, spec, weight is not None, bias is not None, NO_RUNNING, 1,
                     residual is not None, QUANT_KIND[dtype], dynamic)
-    y = torch.empty_like(x, dtype=dtype)
+    y = out_like(x, view, spec, dtype)
     acc = acc_dtype(x)
     mean, rstd = x.new_empty(view.rows, dtype=acc), x.new_empty(view.rows, dtype=acc)
     _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, None, residual, h, scale)
@@ -247,9 +251,10 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
                   NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode,
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
-                  HAS_DRES=has_dres and phase != 1,
+                  HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
-    ints = _geometry(view, cfg, n_part) + (0 if phase == 3 else view.G, _param_count(view, spec))
+    ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
+                                                 _param_count(view, spec))
     return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
 
 
@@ -303,7 +308,7 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     need_dwb = need_dw or need_db
     plan = _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed,
                      None if partials is None else partials.shape[1], dres is not None)
-    dx = torch.empty_like(x)
+    dx = out_like(x, view, spec)
     # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
     dwb = (torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
            if need_dwb else None)

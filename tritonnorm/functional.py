@@ -16,7 +16,8 @@ from ._runtime import use_triton
 from .fused import add_layer_norm, add_rms_norm
 from .ops import row_norm
 from .quant import layer_norm_quant, rms_norm_quant
-from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, batch_layout, channel_layout, row_layout
+from .spec import (BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, batch_layout, channel_layout,
+                   row_layout)
 
 __all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "layer_norm_quant", "rms_norm", "rms_norm_quant"]
@@ -54,29 +55,33 @@ _ROW_NORMS = {LAYER: ("LayerNormKernelImpl", "layer_norm", True),
               RMS: ("rms_norm", "rms_norm", False), RMS_CAST: ("rms_norm", "rms_norm", False)}
 
 
-def _rows(spec, x: Tensor, normalized_shape, weight, bias):
-    """(x made contiguous, its RowView) after the checks of checks.normalized.  The checks and
-    the view are memoised on what they read, so a steady-state call pays a dict
-    lookup, not the checks."""
+def _rows(spec, x: Tensor, normalized_shape, weight, bias, strided: bool = False):
+    """(x made contiguous, its RowView) after the checks of checks.normalized; with
+    ``strided``, x itself where its rows can be read in place (spec.row_layout).  The
+    checks and the view are memoised on what they read, so a steady-state call pays a
+    dict lookup, not the checks."""
     # Only ints in the key: (3.0,) == (3,) as a dict key, yet torch refuses the float.
     t = type(normalized_shape)
     hashable = t is int or (t is tuple and (
         type(normalized_shape[0]) is int if len(normalized_shape) == 1
         else all(type(d) is int for d in normalized_shape)))
-    view = None
+    hit = None
     if hashable:
-        key = (spec, x.shape, x.dtype, normalized_shape, _meta(weight), _meta(bias))
-        view = _VIEWS.get(key)
-    if view is None:
+        key = (spec, x.shape, x.stride() if strided else None, x.dtype, normalized_shape,
+               _meta(weight), _meta(bias))
+        hit = _VIEWS.get(key)
+    if hit is None:
         impl, fn, dtype_rule = _ROW_NORMS[spec]
         checks.float_input(impl, x)
         if dtype_rule:
             checks.param_dtypes(x, weight, bias)
-        x, view = row_layout(x, math.prod(checks.normalized(fn, x, normalized_shape, weight, bias)))
+        k = math.prod(checks.normalized(fn, x, normalized_shape, weight, bias))
+        xv, view = row_layout(x, k, strided)
         if hashable:
-            config.remember(_VIEWS, key, view)
-        return x, view
-    return x.contiguous(), view
+            config.remember(_VIEWS, key, (view, xv is x))
+        return xv, view
+    view, as_is = hit   # as_is holds for x's strides, keyed only when strided
+    return (x if as_is and strided else x.contiguous()), view
 
 
 def _meta(p: Optional[Tensor]):
@@ -118,7 +123,7 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                eps: float = 1e-5) -> Tensor:
     if _torch_path(input):
         return F.layer_norm(input, normalized_shape, weight, bias, eps)
-    xv, view = _rows(LAYER, input, normalized_shape, weight, bias)
+    xv, view = _rows(LAYER, input, normalized_shape, weight, bias, strided=True)
     checks.devices(input, weight, bias)
     if input.is_cuda:
         xv, weight, bias = _autocast("layer_norm", xv, weight, bias)
@@ -151,7 +156,7 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
 def rms_norm_of(spec, input: Tensor, normalized_shape, weight: Optional[Tensor],
                 eps: Optional[float]) -> Tensor:
     """rms_norm with the kernels, for RMS or RMS_CAST (tritonnorm.hf)."""
-    xv, view = _rows(spec, input, normalized_shape, weight, None)
+    xv, view = _rows(spec, input, normalized_shape, weight, None, strided=True)
     checks.devices(input, weight)
     if eps is None:
         # torch's default: machine epsilon of the accumulation type (fp32 below fp64).

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import composite
 from .dispatch import acc_dtype, row_backward, row_forward
-from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout
+from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout, out_like
 
 SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH, RMS_CAST]
 FORMATS = [torch.contiguous_format, torch.channels_last, torch.channels_last_3d]
@@ -52,7 +52,7 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
 def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_var, running_mean, running_var,
       num_batches_tracked, momentum):
     rows = 0 if stat_mean is not None else geom[0] * geom[1]
-    y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    y = out_like(x, _view(geom, fmt), SPECS[spec])
     stats = [x.new_empty(rows, dtype=acc_dtype(x)) for _ in range(2)]
     if running_mean is None:
         return y, *stats, x.new_empty(0), x.new_empty(0)
@@ -72,7 +72,7 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd
 
 @norm_bwd.register_fake
 def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db, eps):
-    dx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+    dx = out_like(x, _view(geom, fmt), SPECS[spec])
     pdtype = weight.dtype if weight is not None else x.dtype
     cw = weight.numel() if weight is not None else 0
     dw = x.new_empty(cw if need_dw else 0, dtype=pdtype)

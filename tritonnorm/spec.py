@@ -61,11 +61,55 @@ class RowView(NamedTuple):
         return self.N * self.G
 
 
-def row_layout(x: torch.Tensor, k: int):
-    """LayerNorm/RMSNorm: the trailing ``k`` elements form a row."""
+def row_layout(x: torch.Tensor, k: int, strided: bool = False):
+    """LayerNorm/RMSNorm: the trailing ``k`` elements form a row.  With ``strided``, a
+    view whose rows are each one contiguous run, and whose leading dims merge into at
+    most two strided axes (N, G) -- ``qkv[..., :H * D].view(B, T, H, D)`` over D -- is
+    addressed in place, and its outputs are dense (rows_strided); any other layout is
+    made contiguous."""
+    if strided and not x.is_contiguous() and x.numel():
+        view = _strided_rows(x, k)
+        if view is not None:
+            return x, view
     x = x.contiguous()
     rows = x.numel() // k if k else 0
     return x, RowView(1, rows, k, 1, 0, k, 1, 0, torch.contiguous_format)
+
+
+def _strided_rows(x: torch.Tensor, k: int):
+    """The [N, G, k, 1] view of x's rows of k elements, or None."""
+    i, run = x.dim(), 1
+    while run < k:
+        i -= 1
+        run *= x.shape[i]
+    expect = 1
+    for d in range(x.dim() - 1, i - 1, -1):   # the row: one contiguous run
+        if x.shape[d] != 1 and x.stride(d) != expect:
+            return None
+        expect *= x.shape[d]
+    merged = []   # leading dims, adjacent ones merged where their strides allow
+    for size, stride in ((x.shape[d], x.stride(d)) for d in range(i) if x.shape[d] != 1):
+        if merged and merged[-1][1] == stride * size:
+            merged[-1] = (merged[-1][0] * size, stride)
+        else:
+            merged.append((size, stride))
+    if len(merged) > 2:
+        return None
+    (n, sn), (g, sg) = [(1, 0)] * (2 - len(merged)) + merged
+    return RowView(n, g, k, 1, sn, sg, 1, 0, torch.contiguous_format)
+
+
+def rows_strided(view: RowView, spec: ReductionSpec) -> bool:
+    """LayerNorm/RMSNorm rows read from a strided view: the outputs are dense instead."""
+    return spec.w_mode == W_BY_ELEMENT and (
+        view.sG != view.Cg or (view.N > 1 and view.sN != view.G * view.Cg))
+
+
+def out_like(x: torch.Tensor, view: RowView, spec: ReductionSpec, dtype=None) -> torch.Tensor:
+    """An output (y, dx) for input x: x's dense layout, or row-major for strided rows."""
+    if rows_strided(view, spec):
+        return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
+    return torch.empty_like(x, dtype=dtype)
 
 
 def _channel_format(x: torch.Tensor) -> torch.memory_format:
