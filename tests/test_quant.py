@@ -13,7 +13,7 @@ from tritonnorm.quant import QMAX, _composite
 from tritonnorm.spec import LAYER, RMS
 
 QDTYPES = [torch.int8, torch.float8_e4m3fn]
-SHAPES = [((6, 40), (40,)), ((2, 3, 4, 10), (4, 10)), ((12, 100), (100,))]
+SHAPES = [((2, 3, 4, 10), (4, 10)), ((12, 100), (100,))]
 # Activations of fp32, fp16 and bf16, rows in one tile, walked in tiles, and the "split"
 # tiling, which a quantized forward overrides: a row's amax is taken in one program.
 MODES = [("one-tile", torch.float32), ("one-tile", torch.float16), ("one-tile", torch.bfloat16),

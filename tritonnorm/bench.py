@@ -232,14 +232,20 @@ def run_bench(norms, dtypes, quick=False, out_dir="perf/out", budget_s=None, tin
     path = out / "bench.csv"
     with world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
         rows = _measure(jobs, providers, timer, meta, device, budget_s, path)
+    return report(rows, path, out / "summary.md", where, on_gpu)
+
+
+def report(rows, path: Path, md: Path, where: str, on_gpu: bool) -> Path:
+    """Write the rows' CSV, their plots and their speedup table (printed too), and name
+    every file written."""
     _write_csv(rows, path)
-    pngs = plot(rows, out)
+    pngs = plot(rows, path.parent)
     header = [f"Device: {where}; torch {torch.__version__}, triton {triton.__version__}."]
     if not on_gpu:
         header.append("Triton's interpreter on the CPU: these timings are NOT GPU numbers.")
     text = "\n".join(header) + "\n\n" + summary(rows)
     print(text)
-    (out / "summary.md").write_text(text + "\n")
-    for f in [path, out / "summary.md", *pngs]:
+    md.write_text(text + "\n")
+    for f in [path, md, *pngs]:
         print(f"wrote {f}")
     return path

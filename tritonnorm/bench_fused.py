@@ -19,8 +19,7 @@ import triton
 
 import tritonnorm.functional as TF
 
-from .bench import _timer, _write_csv
-from .bench_report import plot, summary
+from .bench import _timer, report
 
 BYTES_PER_ELEMENT = {"fwd": 4, "bwd": 4, "fwd+bwd": 8}
 # Tokens x hidden size of LLM pre-norm blocks (Llama-7B/13B widths, a 2048-wide model).
@@ -95,15 +94,4 @@ def run_fused(dtypes, out_dir="perf/out") -> Path:
                                  copy_gbps=f"{copy_gbps:.4g}"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "fused.csv"
-    _write_csv(rows, path)
-    pngs = plot(rows, out)
-    header = [f"Device: {where}; torch {torch.__version__}, triton {triton.__version__}."]
-    if not on_gpu:
-        header.append("Triton's interpreter on the CPU: these timings are NOT GPU numbers.")
-    text = "\n".join(header) + "\n\n" + summary(rows)
-    print(text)
-    (out / "fused.md").write_text(text + "\n")
-    for f in [path, out / "fused.md", *pngs]:
-        print(f"wrote {f}")
-    return path
+    return report(rows, out / "fused.csv", out / "fused.md", where, on_gpu)
