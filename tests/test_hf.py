@@ -129,3 +129,15 @@ def test_the_known_classes_all_exist_in_transformers():
     for path in hf.KNOWN:
         module, cls = path.rsplit(".", 1)
         assert hasattr(importlib.import_module(module), cls), path
+
+
+def test_a_converted_model_pickles_and_loads_in_a_fresh_process(tmp_path):
+    """torch.save of the whole model: the subclasses are found by name on load."""
+    import subprocess
+    import sys
+    model = tritonnorm.convert(_llama().eval())
+    torch.save(model, tmp_path / "m.pt")
+    code = ("import torch, tritonnorm; m = torch.load(r'%s', weights_only=False); "
+            "print(type(m.model.norm).__module__, type(m.model.norm).__name__)" % (tmp_path / "m.pt"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["tritonnorm.hf", "LlamaRMSNorm"], out.stderr[-2000:]

@@ -63,10 +63,22 @@ def subclass_for(cls: type) -> Optional[type]:
     sub = _SUBCLASSES.get(cls)
     if sub is None:
         forward = _cast_forward if known[0] == "cast" else _offset_forward
-        sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": "tritonnorm.hf",
+        sub = type(cls.__name__, (cls,), {"forward": forward, "__module__": __name__,
                                            "__doc__": f"{cls.__name__} with tritonnorm's kernels."})
         _SUBCLASSES[cls] = sub
+        globals()[cls.__name__] = sub   # pickle finds it as tritonnorm.hf.<name>
     return sub
+
+
+def __getattr__(name: str):
+    """tritonnorm.hf.<Class> of a known class, made on first use: a pickled model
+    converted in another process loads."""
+    import importlib
+    for path in KNOWN:
+        module, cls_name = path.rsplit(".", 1)
+        if cls_name == name:
+            return subclass_for(getattr(importlib.import_module(module), cls_name))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def looks_like_a_norm(m: nn.Module) -> bool:
