@@ -41,7 +41,7 @@ Programs are persistent over row blocks: program ``pid`` takes row blocks
 import triton
 import triton.language as tl
 
-from .tiles import (div, lane_moments, lane_welford, out_offsets, row_block, rsqrt, sum_js,
+from .tiles import (div, lane_moments, lane_welford, out_offsets, row_block, rsqrt,
                     tile_moments, tile_offsets, wide)
 
 

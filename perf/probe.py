@@ -99,7 +99,6 @@ def main():
             rows.append(row)
             print(f"[{time.time() - t0:5.0f} s] {name:32s} {provider:10s} {repr(variant):22s} "
                   f"fwd {times[0]:.4f} ms  fwd+bwd {times[1]:.4f} ms  copy {copy_ms:.4f} ms", flush=True)
-        del x, g
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
         writer.writeheader()
