@@ -117,12 +117,20 @@ def _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.cons
 
 
 @triton.jit
-def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr):
-    """The tile of x in ACC; with HAS_RES, of h = x + residual (in x's dtype), also
-    stored to H."""
+def _load_x(X_ptr, R_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr):
+    """x at offs, in x's dtype; with HAS_RES, h = x + residual rounded to x's dtype, as
+    torch's add rounds it."""
     x = tl.load(X_ptr + offs, mask=mask, other=0.0)
     if HAS_RES:
         x = (x.to(ACC) + tl.load(R_ptr + offs, mask=mask, other=0.0).to(ACC)).to(x.dtype)
+    return x
+
+
+@triton.jit
+def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr):
+    """The tile of x (or h, also stored to H) in ACC."""
+    x = _load_x(X_ptr, R_ptr, offs, mask, ACC, HAS_RES)
+    if HAS_RES:
         tl.store(H_ptr + offs, x, mask=mask)
     return x.to(ACC)
 
@@ -137,9 +145,9 @@ def _affine(xhat, w, b, X_ptr, CAST_XHAT: tl.constexpr):
 
 @triton.jit
 def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-            mean3, rstd3, Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-            CAST_XHAT: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
-            BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+            mean3, rstd3, Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
+            HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr, ACC: tl.constexpr,
+            BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S)
@@ -156,13 +164,18 @@ def _tile_amax(y, mask):
 
 
 @triton.jit
+def _qmax(QUANT: tl.constexpr):
+    """The largest value of the output format: int8 127, fp8 e4m3 448 (quant.QMAX)."""
+    return 127.0 if QUANT == 1 else 448.0
+
+
+@triton.jit
 def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.constexpr):
     """[BLOCK_G, 1, 1] scale of each row: amax / qmax in fp32, stored (DYNAMIC; rows with
     no value above 1e-12 get 1e-12 / qmax, so they quantize to 0), or the given one."""
     if DYNAMIC:
-        qmax = 127.0 if QUANT == 1 else 448.0
         a = tl.maximum(amax.to(tl.float32), 1e-12)
-        scale = div(a, tl.zeros_like(a) + qmax)
+        scale = div(a, tl.zeros_like(a) + _qmax(QUANT))
         tl.store(Scale_ptr + rs, scale, mask=rmask)
     else:
         scale = tl.load(Scale_ptr + rs * 0).to(tl.float32)
@@ -173,7 +186,7 @@ def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.cons
 def _quantize(y, scale3, QUANT: tl.constexpr):
     """y / scale clamped to +-qmax; int8 rounded half to even (as torch.round): adding
     and taking away 1.5 * 2^23 shifts the fraction out of an fp32 of magnitude < 2^22."""
-    qmax = 127.0 if QUANT == 1 else 448.0
+    qmax = _qmax(QUANT)
     v = div(y.to(tl.float32), scale3 + tl.zeros_like(y).to(tl.float32))
     v = tl.minimum(tl.maximum(v, -qmax), qmax)
     if QUANT == 1:
@@ -257,11 +270,7 @@ def row_norm_fwd(
             rows = (g0 + tl.arange(0, BLOCK_G)).to(tl.int64)
             pmask = rmask & ((rows * 0 + T) > 0)  # an empty row (empty rank) has no element
             first = n.to(tl.int64) * sN + rows * sG
-            pivot = tl.load(X_ptr + first, mask=pmask, other=0.0)
-            if HAS_RES:
-                r0 = tl.load(R_ptr + first, mask=pmask, other=0.0)
-                pivot = (pivot.to(ACC) + r0.to(ACC)).to(pivot.dtype)
-            pivot = pivot.to(ACC)
+            pivot = _load_x(X_ptr, R_ptr, first, pmask, ACC, HAS_RES).to(ACC)
             if RESIDENT:
                 cnt, mean, m2 = tile_moments(x, mask, pivot, CENTER)
             else:
@@ -314,15 +323,14 @@ def row_norm_fwd(
                             offs, mask, y = _y_tile(
                                 H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G,
                                 Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3, Y_STRIDED,
-                                W_MODE, HAS_W, HAS_B,
-                                CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                W_MODE, HAS_W, HAS_B, CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                             amax = tl.maximum(amax, _tile_amax(y, mask))
                     scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
                     offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t,
                                             n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-                                            mean3, rstd3, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACC, BLOCK_G,
-                                            BLOCK_J, BLOCK_S)
+                                            mean3, rstd3, Y_STRIDED, W_MODE, HAS_W, HAS_B,
+                                            CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     if QUANT != 0:
                         y = _quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

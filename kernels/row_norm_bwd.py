@@ -181,7 +181,8 @@ def row_norm_bwd(
                     Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG,
-                                                    sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                                    sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
@@ -202,12 +203,12 @@ def row_norm_bwd(
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t0, n, g0, G, Cg, S, sN,
-                                                        sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC, BLOCK_G, BLOCK_J,
-                                                        BLOCK_S)
+                                                        sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC,
+                                                        BLOCK_G, BLOCK_J, BLOCK_S)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
-                        X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, W_MODE,
-                        HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+                        Y_STRIDED, W_MODE, HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
@@ -219,8 +220,8 @@ def row_norm_bwd(
                 l2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                 for t in range(t0, t1):
                     offs, mask, g, j, xt, dy, w = _tile(
-                        X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, W_MODE,
-                        HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+                        Y_STRIDED, W_MODE, HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
                 a1 = sum_js(l1)
@@ -250,8 +251,8 @@ def row_norm_bwd(
                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     for t in range(t0, t1):
                         offs, mask, g, j, xt, dy, w = _tile(
-                            X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, W_MODE,
-                            HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                            X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+                            Y_STRIDED, W_MODE, HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
                         _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
                         if NEED_DWB:
