@@ -102,3 +102,10 @@ def devices(x: Tensor, *others: Optional[Tensor]) -> None:
             raise RuntimeError(
                 "Expected all tensors to be on the same device, but found at least two "
                 f"devices, {x.device} and {t.device}!")
+
+
+def residual(x: Tensor, r: Optional[Tensor]) -> None:
+    """A fused residual has the input's shape (no broadcasting)."""
+    if r is not None and r.shape != x.shape:
+        raise RuntimeError(f"residual of shape {list(r.shape)} must have the input's "
+                           f"shape {list(x.shape)}")

@@ -87,6 +87,8 @@ _FWD = config.memo()
 _BWD = config.memo()
 _COLSUM = config.memo()
 _FLOATS = config.memo()
+# The kernels' QUANT constexpr per output dtype.
+QUANT_KIND = {torch.int8: 1, torch.float8_e4m3fn: 2}
 
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False,
@@ -118,8 +120,6 @@ def _split(value):
         hi = float(np.float32(value or 0.0))
         parts = config.remember(_FLOATS, value, (hi, float(np.float32((value or 0.0) - hi))))
     return parts
-
-
 
 
 def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
@@ -173,9 +173,9 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     * ``quant`` = (dtype, scale, dynamic): y quantized to int8 / fp8 e4m3 by ``scale``
       (fp32): a given per-tensor one, or, ``dynamic``, one per row written there."""
     has_w, has_b = weight is not None, bias is not None
-    if quant is not None:
-        return _quant_forward(x, view, spec, weight, bias, eps, residual, h, quant)
-    y = out_like(x, view, spec)   # x's dense layout (row-major or channels_last), or row-major
+    qdtype, scale, dynamic = quant if quant is not None else (None, None, False)
+    # x's dense layout (row-major or channels_last), or row-major for strided rows
+    y = out_like(x, view, spec, qdtype)
     if mean is not None:
         L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1)
         _fwd(L, x, y, weight, bias, mean, var, mean, eps)
@@ -185,32 +185,17 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     mean = x.new_empty(view.rows, dtype=acc)
     rstd = x.new_empty(view.rows, dtype=acc)
     if partials is None:
-        L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1, residual is not None)
+        # A quantized output's config never splits a row (its amax is taken in one program).
+        L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1, residual is not None,
+                        QUANT_KIND.get(qdtype, 0), dynamic)
         if L.cfg.SPLIT == 1:
-            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running, residual, h)
+            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running, residual, h, scale)
             return y, mean, rstd
         partials = forward_partials(x, view, spec, residual, h)
         if residual is not None:   # the partials pass wrote h: the merge pass reads it
             x = h
     L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1])
     _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running)
-    return y, mean, rstd
-
-
-# The kernels' QUANT constexpr per output dtype.
-QUANT_KIND = {torch.int8: 1, torch.float8_e4m3fn: 2}
-
-
-def _quant_forward(x, view, spec, weight, bias, eps, residual, h, quant):
-    """row_forward's quantized output: one PHASE 0 pass (config "quant": no split, since
-    a row's amax must be whole in one program)."""
-    dtype, scale, dynamic = quant
-    L = _fwd_launch(0, x, view, spec, weight is not None, bias is not None, NO_RUNNING, 1,
-                    residual is not None, QUANT_KIND[dtype], dynamic)
-    y = out_like(x, view, spec, dtype)
-    acc = acc_dtype(x)
-    mean, rstd = x.new_empty(view.rows, dtype=acc), x.new_empty(view.rows, dtype=acc)
-    _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, None, residual, h, scale)
     return y, mean, rstd
 
 

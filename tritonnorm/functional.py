@@ -158,10 +158,15 @@ def rms_norm_of(spec, input: Tensor, normalized_shape, weight: Optional[Tensor],
     """rms_norm with the kernels, for RMS or RMS_CAST (tritonnorm.hf)."""
     xv, view = _rows(spec, input, normalized_shape, weight, None, strided=True)
     checks.devices(input, weight)
-    if eps is None:
-        # torch's default: machine epsilon of the accumulation type (fp32 below fp64).
-        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
-    return row_norm(xv, _flat(weight), None, view, spec, eps)
+    return row_norm(xv, _flat(weight), None, view, spec, rms_eps(input, eps))
+
+
+def rms_eps(x: Tensor, eps: Optional[float]) -> float:
+    """rms_norm's eps; None is torch's default, the machine epsilon of the accumulation
+    type (fp32 below fp64)."""
+    if eps is not None:
+        return eps
+    return torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,

@@ -49,19 +49,20 @@ class AddNorm(torch.autograd.Function):
         return dx if need[0] else None, dx if need[1] else None, dw, db, None
 
 
+def add(x: Tensor, residual: Tensor) -> Tensor:
+    """h = x + residual in x's dtype, in torch ops: what the kernels' HAS_RES reads."""
+    return (x + residual).to(x.dtype)
+
+
 def _unfused(norm, x, residual, *args):
-    h = x + residual
-    if h.dtype != x.dtype:
-        h = h.to(x.dtype)
+    h = add(x, residual)
     return norm(h, *args), h
 
 
 def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias, eps):
     from . import functional as TF
     from .ops import eager
-    if residual.shape != x.shape:
-        raise RuntimeError(f"residual of shape {list(residual.shape)} must have the input's "
-                           f"shape {list(x.shape)}")
+    checks.residual(x, residual)
     norm = TF.layer_norm if spec is LAYER else TF.rms_norm
     args = (normalized_shape, weight, bias, eps) if spec is LAYER else (normalized_shape, weight, eps)
     if (TF._torch_path(x) or not eager(x) or composite.transforming()
@@ -71,8 +72,8 @@ def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias,
     checks.devices(x, weight, bias, residual)
     r = residual.to(x.dtype).contiguous()   # xv is contiguous too: one set of strides
     weight, bias = TF._flat(weight), TF._flat(bias)
-    if spec is RMS and eps is None:
-        eps = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
+    if spec is RMS:
+        eps = TF.rms_eps(x, eps)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (xv, r, weight, bias)):
         return AddNorm.apply(xv, r, weight, bias, (view, spec, eps))

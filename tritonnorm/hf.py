@@ -84,6 +84,6 @@ def __getattr__(name: str):
 def looks_like_a_norm(m: nn.Module) -> bool:
     """An unknown module that a reader would take for a norm: reported, left alone."""
     name = type(m).__name__
-    return (name.endswith(("RMSNorm", "LayerNorm", "GroupNorm", "Norm"))
+    return (name.endswith("Norm")
             and not type(m).__module__.startswith(("torch.", "tritonnorm"))
             and type(m) not in _SUBCLASSES.values())

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checks
+from .fused import add
 from .spec import LAYER, RMS
 
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
@@ -45,9 +46,7 @@ def _check(x, weight, bias, residual, dtype, scale):
         raise RuntimeError(
             "rms_norm_quant/layer_norm_quant are inference only: no gradient flows through "
             "a quantized output. Call them under torch.no_grad() or torch.inference_mode().")
-    if residual is not None and residual.shape != x.shape:
-        raise RuntimeError(f"residual of shape {list(residual.shape)} must have the input's "
-                           f"shape {list(x.shape)}")
+    checks.residual(x, residual)
     if scale is not None:
         if not isinstance(scale, Tensor):
             scale = torch.tensor(float(scale), device=x.device)
@@ -82,8 +81,7 @@ def _composite(spec, x, k, normalized_shape, weight, bias, eps, residual, dtype,
     """torch ops, for traced calls and torch's fallback: the kernels' numbers."""
     h = None
     if residual is not None:
-        h = (x + residual).to(x.dtype)
-        x = h
+        h = x = add(x, residual)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     w = None if weight is None else weight.to(acc)
     if spec is LAYER:
@@ -100,8 +98,8 @@ def _norm_quant(spec, x, normalized_shape, weight, bias, eps, residual, dtype, s
     from .ops import eager
     scale = _check(x, weight, bias, residual, dtype, scale)
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if spec is RMS and eps is None:
-        eps = torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
+    if spec is RMS:
+        eps = TF.rms_eps(x, eps)
     if TF._torch_path(x) or not eager(x):
         return _composite(spec, x, len(ns), ns, weight, bias, eps, residual, dtype, scale)
     xv, view = TF._rows(spec, x, normalized_shape, weight, bias)
