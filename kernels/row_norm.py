@@ -41,6 +41,7 @@ Programs are persistent over row blocks: program ``pid`` takes row blocks
 import triton
 import triton.language as tl
 
+from .activation import act
 from .tiles import (div, lane_moments, lane_welford, out_offsets, row_block, rsqrt,
                     tile_moments, tile_offsets, wide)
 
@@ -144,9 +145,26 @@ def _affine(xhat, w, b, X_ptr, CAST_XHAT: tl.constexpr):
 
 
 @triton.jit
-def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-            mean3, rstd3, Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
-            HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr, ACC: tl.constexpr,
+def _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT: tl.constexpr,
+              ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr):
+    """act(y [+ residual]) with torch's roundings: y, then y + residual, in x's dtype;
+    with MASK the sign of z is stored for the backward."""
+    if ACT != 0 or ADD_Y:
+        y = y.to(X_ptr.dtype.element_ty).to(ACC)
+        if ADD_Y:
+            r = tl.load(R_ptr + offs, mask=mask, other=0.0).to(ACC)
+            y = (y + r).to(X_ptr.dtype.element_ty).to(ACC)
+        if MASK:
+            tl.store(Mask_ptr + offs, y > 0, mask=mask)
+        y = act(y, slope_hi, slope_lo, ACT)
+    return y
+
+
+@triton.jit
+def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
+            nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr,
+            HAS_W: tl.constexpr, HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr,
+            ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
             BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
@@ -154,6 +172,7 @@ def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nS
     xt = tl.load(Src_ptr + offs, mask=mask, other=0.0).to(ACC)
     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
     y = _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
+    y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y, MASK, ACC)
     return out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED), mask, y
 
 
@@ -223,20 +242,23 @@ def row_norm_fwd(
     RMo_ptr,   # shape (G,) updated running_mean (RM_ptr itself for an in-place update)
     RVo_ptr,   # shape (G,) updated running_var
     NBT_ptr,   # shape () num_batches_tracked, already incremented; read when CUMULATIVE
-    R_ptr,     # shape (N, G, Cg, S), same strides as X: the residual, read when HAS_RES
+    R_ptr,     # shape (N, G, Cg, S), same strides as X: the residual, read when HAS_RES/ADD_Y
     H_ptr,     # shape (N, G, Cg, S), same strides as X: h = x + residual, written when HAS_RES
     Scale_ptr,  # shape (N * G,) fp32 row scales written (DYNAMIC), or (1,) given; QUANT only
+    Mask_ptr,  # shape (N, G, Cg, S), same strides as X, bool: z > 0, written when MASK
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
+    slope_hi, slope_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
     CUMULATIVE: tl.constexpr, RESIDENT: tl.constexpr, HAS_RES: tl.constexpr,
     CAST_XHAT: tl.constexpr, QUANT: tl.constexpr, DYNAMIC: tl.constexpr,
-    Y_STRIDED: tl.constexpr, ACC: tl.constexpr,
+    Y_STRIDED: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
 ):
-    """y = (x - mean) * rstd * w + b, statistics over each (n, g) row.
+    """y = act((x - mean) * rstd * w + b [+ residual]), statistics over each (n, g) row.
 
     The variance is never E[x^2] - E[x]^2.  A resident tile is reduced with two
     passes on-chip (shifted by the row's first element); a walk over several
@@ -306,6 +328,7 @@ def row_norm_fwd(
                 else:
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
                 y = _affine((x - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
+                y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y, MASK, ACC)
                 if QUANT != 0:
                     y = _quantize(y, _row_scale(_tile_amax(y, mask), Scale_ptr, rs, rmask,
                                                 QUANT, DYNAMIC), QUANT)
@@ -321,16 +344,18 @@ def row_norm_fwd(
                     if DYNAMIC:   # a walk for the row's amax, storing nothing
                         for t in range(t0, t1):
                             offs, mask, y = _y_tile(
-                                H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t, n, g0, G,
-                                Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3, Y_STRIDED,
-                                W_MODE, HAS_W, HAS_B, CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr,
+                                t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3,
+                                slope, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0, False,
+                                False, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                             amax = tl.maximum(amax, _tile_amax(y, mask))
                     scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
-                    offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, t,
-                                            n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-                                            mean3, rstd3, Y_STRIDED, W_MODE, HAS_W, HAS_B,
-                                            CAST_XHAT, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                    offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr,
+                                            R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
+                                            nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo, Y_STRIDED, W_MODE,
+                                            HAS_W, HAS_B, CAST_XHAT, ACT, ADD_Y, MASK, ACC,
+                                            BLOCK_G, BLOCK_J, BLOCK_S)
                     if QUANT != 0:
                         y = _quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

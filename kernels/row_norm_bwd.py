@@ -14,7 +14,8 @@ order -- no atomics, so results are deterministic.  The slot of a program:
 import triton
 import triton.language as tl
 
-from .row_norm import _chunk, _param_index, _tile_j
+from .activation import act_grad, mask_grad
+from .row_norm import _chunk, _load_params, _param_index, _tile_j
 from .tiles import div, out_offsets, row_block, rsqrt, sum_js, tile_offsets, wide
 
 
@@ -43,27 +44,57 @@ def _weight(W_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr, ACC: 
 
 
 @triton.jit
-def _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-              Y_STRIDED: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
+def _grad_z(dy, x, offs, mask, g, j, X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, Cg, G, mean,
+            rstd, slope_hi, slope_lo, CENTER: tl.constexpr, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
+            HAS_B: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
+            ACC: tl.constexpr):
+    """dz = dy * act'(z), rounded to dy's dtype as torch's activation backward rounds it:
+    the gradient that reaches the norm's output z (and the residual, with ADD_Y).  z is
+    recomputed from x, the row statistics, w, b (and the residual), or, with MASK, its
+    sign is read back."""
+    if ACT == 0:
+        return dy
+    if MASK:
+        d = mask_grad(tl.load(Mask_ptr + offs, mask=mask, other=0) != 0, slope_hi, slope_lo, ACT, ACC)
+    else:
+        w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
+        xhat = (x - mean) * rstd if CENTER else x * rstd
+        z = (xhat * w + b).to(X_ptr.dtype.element_ty).to(ACC)
+        if ADD_Y:
+            r = tl.load(R_ptr + offs, mask=mask, other=0.0).to(ACC)
+            z = (z + r).to(X_ptr.dtype.element_ty).to(ACC)
+        d = act_grad(z, slope_hi, slope_lo, ACT)
+    return (dy * d).to(DY_ptr.dtype.element_ty).to(ACC)
+
+
+@triton.jit
+def _tile_xdy(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
+              nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
+              W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+              ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
               BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
     """Tile t of the rows: its offsets in dy and dx (x's, unless Y_STRIDED), mask, g
-    and j, and x and dy in ACC."""
+    and j, and x and dz (dy through the activation, _grad_z) in ACC."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S)
     x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
     yoffs = out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED)
     dy = tl.load(DY_ptr + yoffs, mask=mask, other=0.0).to(ACC)
-    return yoffs, mask, g, j, x, dy
+    dz = _grad_z(dy, x, offs, mask, g, j, X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, Cg, G,
+                 mean, rstd, slope_hi, slope_lo, CENTER, W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC)
+    return yoffs, mask, g, j, x, dz
 
 
 @triton.jit
-def _tile(X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-          Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr,
-          HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr,
-          BLOCK_S: tl.constexpr):
+def _tile(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+          ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
+          W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+          ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
+          BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
     """_tile_xdy, and the tile's weight w in ACC."""
-    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                        ysN, ysG, Y_STRIDED,
+    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G,
+                                        Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo,
+                                        Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK,
                                         ACC, BLOCK_G, BLOCK_J, BLOCK_S)
     return offs, mask, g, j, x, dy, _weight(W_ptr, g, j, Cg, G, W_MODE, HAS_W, ACC)
 
@@ -121,11 +152,15 @@ def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr):
 
 
 @triton.jit
-def _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES: tl.constexpr):
-    """Store dx, plus the gradient of h with HAS_DRES, summed before the one rounding."""
+def _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dz, HAS_DRES: tl.constexpr,
+              ADD_Y: tl.constexpr):
+    """Store dx, plus the gradient of h with HAS_DRES, summed before the one rounding;
+    with ADD_Y, dz is the residual's gradient."""
     if HAS_DRES:
         dx += tl.load(DH_ptr + offs, mask=mask, other=0.0).to(dx.dtype)
     tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
+    if ADD_Y:
+        tl.store(DR_ptr + offs, dz.to(DR_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -139,11 +174,17 @@ def row_norm_bwd(
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
     DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once
     DH_ptr,    # shape (N, G, Cg, S), laid out like DY: gradient of h, read when HAS_DRES
+    B_ptr,     # shape like W: the bias, read to recompute z when ACT (and not MASK)
+    R_ptr,     # shape (N, G, Cg, S), laid out like X: the residual, read likewise with ADD_Y
+    Mask_ptr,  # shape (N, G, Cg, S), laid out like X, bool: z > 0, read when MASK
+    DR_ptr,    # shape (N, G, Cg, S), laid out like X: the residual's gradient dz (ADD_Y)
     G, Cg, S, sN, sG, sJ, sS,
     n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, Cw, M, eps_hi, eps_lo,
+    slope_hi, slope_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, RESIDENT: tl.constexpr,
     TILE_OUTER: tl.constexpr, HAS_DRES: tl.constexpr, Y_STRIDED: tl.constexpr,
+    HAS_B: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr,
@@ -165,7 +206,11 @@ def row_norm_bwd(
 
     Fused residual (HAS_DRES): the forward read h = x + residual and also returned
     h, so x and residual both get dx + dh, dh being the gradient that reached h
-    directly; X is h here."""
+    directly; X is h here.
+
+    Activation epilogue (ACT): the forward returned act(z), z = xhat * w + b [+ residual]
+    (ADD_Y), so every dy above is dz = dy * act'(z) (_grad_z), and dz is also the
+    residual's gradient, stored beside dx."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     p = tl.program_id(1)
@@ -180,12 +225,13 @@ def row_norm_bwd(
                 n, g0, rmask, r, rs, mean, rstd = _row_stats(
                     Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
-                offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t, n, g0, G, Cg, S, sN, sG,
-                                                    sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S)
+                offs, mask, g, j, x, dy = _tile_xdy(
+                    X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ,
+                    sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
+                    ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
-                _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
+                _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
                 lw += dy * xhat
                 lb += dy
             if NEED_DWB:
@@ -202,13 +248,15 @@ def row_norm_bwd(
                                                          eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
-                    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, t0, n, g0, G, Cg, S, sN,
-                                                        sG, sJ, sS, nSB, ysN, ysG, Y_STRIDED, ACC,
-                                                        BLOCK_G, BLOCK_J, BLOCK_S)
+                    offs, mask, g, j, x, dy = _tile_xdy(
+                        X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG,
+                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE,
+                        HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
-                        X_ptr, DY_ptr, W_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-                        Y_STRIDED, W_MODE, HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG,
+                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE,
+                        HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
@@ -220,8 +268,9 @@ def row_norm_bwd(
                 l2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                 for t in range(t0, t1):
                     offs, mask, g, j, xt, dy, w = _tile(
-                        X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-                        Y_STRIDED, W_MODE, HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG,
+                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE,
+                        HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
                 a1 = sum_js(l1)
@@ -234,7 +283,7 @@ def row_norm_bwd(
                 c1, c2 = _row_means(a1, a2, M)
                 if RESIDENT:
                     dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
-                    _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
+                    _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
                     if NEED_DWB:
                         if W_MODE == 1:
                             rw += dy * xhat
@@ -251,10 +300,11 @@ def row_norm_bwd(
                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     for t in range(t0, t1):
                         offs, mask, g, j, xt, dy, w = _tile(
-                            X_ptr, DY_ptr, W_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
-                            Y_STRIDED, W_MODE, HAS_W, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                            X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN,
+                            sG, sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
+                            W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
-                        _store_dx(DX_ptr, DH_ptr, offs, mask, dx, HAS_DRES)
+                        _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
                         if NEED_DWB:
                             lw += dy * xhat
                             lb += dy

@@ -92,11 +92,12 @@ QUANT_KIND = {torch.int8: 1, torch.float8_e4m3fn: 2}
 
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False,
-                quant=0, dynamic=False) -> _Launch:
+                quant=0, dynamic=False, epi=(0, False, False)) -> _Launch:
+    """``epi`` = (ACT, ADD_Y, MASK): the activation and residual epilogue."""
     # get_device(): an int, cheaper than x.device (the dtype and view tell CPU from GPU apart
     # only together with it: -1 is the CPU under the interpreter).
     key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part, has_res,
-           quant, dynamic)
+           quant, dynamic, epi)
     hit = _FWD.get(key)
     if hit is not None:
         return hit
@@ -106,7 +107,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
-                  Y_STRIDED=rows_strided(view, spec),
+                  Y_STRIDED=rows_strided(view, spec), ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
@@ -122,8 +123,13 @@ def _split(value):
     return parts
 
 
+def _epi(act, post, mask) -> tuple:
+    """The (ACT, ADD_Y, MASK) constexprs of an epilogue (see row_forward)."""
+    return (0 if act is None else act.code, post is not None, mask is not None)
+
+
 def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
-         h=None, scale=None):
+         h=None, scale=None, act=None, mask=None):
     if running is None:   # unused pointers: any tensor
         rm = rv = rm_out = rv_out = nbt = mean
         mom_hi = mom_lo = 0.0
@@ -135,8 +141,9 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, re
     _run_fwd(L.compiled, (x, y, x if weight is None else weight, x if bias is None else bias,
                           mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
                           x if residual is None else residual, x if h is None else h,
-                          x if scale is None else scale),
-             (*L.ints, *_split(eps), mom_hi, mom_lo, *L.consts), L.grid, L.opts)
+                          x if scale is None else scale, x if mask is None else mask),
+             (*L.ints, *_split(eps), mom_hi, mom_lo, *_split(act and act.slope), *L.consts),
+             L.grid, L.opts)
 
 
 def _running_kind(running) -> int:
@@ -157,7 +164,7 @@ def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=Non
 
 def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
                 mean=None, var=None, running=None, partials=None, residual=None, h=None,
-                quant=None):
+                quant=None, act=None, post=None, mask=None):
     """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
 
     * ``mean``/``var`` given (shape (G,), e.g. running statistics): applied as
@@ -171,14 +178,18 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     * ``residual`` (x's dtype and strides; LayerNorm/RMSNorm): normalise
       h = x + residual instead, and write h to ``h`` (x's dtype and strides).
     * ``quant`` = (dtype, scale, dynamic): y quantized to int8 / fp8 e4m3 by ``scale``
-      (fp32): a given per-tensor one, or, ``dynamic``, one per row written there."""
+      (fp32): a given per-tensor one, or, ``dynamic``, one per row written there.
+    * ``act`` (activation.Act), ``post`` (a residual, x's dtype and strides) and ``mask``
+      (bool, x's strides; relu / leaky_relu): y = act(norm(x) + post), and z > 0 into
+      ``mask`` for the backward."""
     has_w, has_b = weight is not None, bias is not None
+    epi = _epi(act, post, mask)
     qdtype, scale, dynamic = quant if quant is not None else (None, None, False)
     # x's dense layout (row-major or channels_last), or row-major for strided rows
     y = out_like(x, view, spec, qdtype)
     if mean is not None:
-        L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1)
-        _fwd(L, x, y, weight, bias, mean, var, mean, eps)
+        L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1, epi=epi)
+        _fwd(L, x, y, weight, bias, mean, var, mean, eps, None, post, act=act, mask=mask)
         return y, mean, var
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32   # acc_dtype(x)
     kind = NO_RUNNING if running is None else _running_kind(running)
@@ -187,15 +198,16 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     if partials is None:
         # A quantized output's config never splits a row (its amax is taken in one program).
         L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1, residual is not None,
-                        QUANT_KIND.get(qdtype, 0), dynamic)
+                        QUANT_KIND.get(qdtype, 0), dynamic, epi)
         if L.cfg.SPLIT == 1:
-            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running, residual, h, scale)
+            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running,
+                 post if residual is None else residual, h, scale, act, mask)
             return y, mean, rstd
         partials = forward_partials(x, view, spec, residual, h)
         if residual is not None:   # the partials pass wrote h: the merge pass reads it
             x = h
-    L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1])
-    _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running)
+    L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1], epi=epi)
+    _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running, post, act=act, mask=mask)
     return y, mean, rstd
 
 
@@ -232,20 +244,25 @@ class _Backward(NamedTuple):
 
 
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
-                has_dres=False) -> _Launch:
+                has_dres=False, has_b=False, epi=(0, False, False)) -> _Launch:
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
                   NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode,
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
+                  HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
     ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
                                                  _param_count(view, spec))
     return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
 
 
-def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False) -> _Backward:
-    """``n_part``: partials given from outside (SyncBatchNorm), or None."""
-    key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part, has_dres)
+def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has_b=False,
+              epi=(0, False, False)) -> _Backward:
+    """``n_part``: partials given from outside (SyncBatchNorm), or None; ``epi`` as
+    _fwd_launch's (has_b matters only with an activation, which recomputes z)."""
+    has_b = has_b and epi[0] != 0
+    key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part, has_dres, has_b,
+           epi)
     hit = _BWD.get(key)
     if hit is not None:
         return hit
@@ -253,61 +270,91 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False) -> 
     cw = _param_count(view, spec)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
     part = None
+    flags = (has_dres, has_b, epi)
     if fixed:
-        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, has_dres)
+        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
     elif n_part is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
-        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, has_dres)
+        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
     else:
-        part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT)
+        part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags)
         main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
-                           has_dres)
+                           *flags)
     plan = _Backward(main, part, dwb_slots(view, spec, cfg, nprog), cw, float(view.Cg * view.S))
     return config.remember(_BWD, key, plan)
 
 
-def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None):
+class Epilogue(NamedTuple):
+    """What a backward needs of the forward's epilogue (row_forward's act, post, mask):
+    the bias and the residual recompute z, or the mask gives its sign; ``dr`` receives
+    the residual's gradient."""
+    act: object
+    bias: Optional[torch.Tensor] = None
+    post: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    dr: Optional[torch.Tensor] = None
+
+    @property
+    def flags(self) -> tuple:
+        return (self.act.code, self.dr is not None, self.mask is not None)
+
+
+def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None,
+         epi: Optional[Epilogue] = None):
+    extra = (x, x, x, x) if epi is None else tuple(
+        x if t is None else t for t in (epi.bias, epi.post, epi.mask, epi.dr))
     _run_bwd(L.compiled, (x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-                          dwb if dwb is not None else rstd, x if dres is None else dres),
-             (*L.ints, count, *_split(eps), *L.consts), L.grid, L.opts)
+                          dwb if dwb is not None else rstd, x if dres is None else dres) + extra,
+             (*L.ints, count, *_split(eps), *_split(epi and epi.act.slope), *L.consts),
+             L.grid, L.opts)
 
 
-def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd):
-    """Per-program (sum w*dy*xhat, sum w*dy) of every row: shape (rows, SPLIT, 2)."""
-    plan = _bwd_plan(x, view, spec, weight is not None, False, False, 0)
+def _plan(x, view, spec, weight, need_dwb, fixed, n_part, has_dres, epi) -> _Backward:
+    if epi is None:
+        return _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed, n_part, has_dres)
+    return _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed, n_part, has_dres,
+                     epi.bias is not None, epi.flags)
+
+
+def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
+                      epi: Optional[Epilogue] = None):
+    """Per-program (sum w*dz*xhat, sum w*dz) of every row: shape (rows, SPLIT, 2)."""
+    plan = _plan(x, view, spec, weight, False, False, 0, False, epi)
     L = plan.partials
     part = torch.empty(view.rows, L.cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
-    _bwd(L, x, dy, x, weight, mean, rstd, part, None, 1.0, 0.0)
+    _bwd(L, x, dy, x, weight, mean, rstd, part, None, 1.0, 0.0, epi=epi)
     return part
 
 
 def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
                  need_dw: bool, need_db: bool, fixed: bool = False, partials=None,
-                 count: float = None, eps: float = 0.0, dres=None):
+                 count: float = None, eps: float = 0.0, dres=None,
+                 epi: Optional[Epilogue] = None):
     """Gradients (dx, dw, db) of row_forward; dw/db are None unless asked for.
 
     ``fixed`` marks statistics that are constants (running statistics): then
     ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials``
     (rows, P, 2) replaces the local row sums, which are then divided by ``count``
     (default: the row length).  ``dres`` (x's strides) is added to dx: the gradient
-    of h for a fused residual add, whose forward saved h as ``x``."""
+    of h for a fused residual add, whose forward saved h as ``x``.  ``epi``: the forward
+    had an activation (and residual) epilogue (Epilogue; its ``dr`` is filled)."""
     need_dwb = need_dw or need_db
-    plan = _bwd_plan(x, view, spec, weight is not None, need_dwb, fixed,
-                     None if partials is None else partials.shape[1], dres is not None)
+    plan = _plan(x, view, spec, weight, need_dwb, fixed,
+                 None if partials is None else partials.shape[1], dres is not None, epi)
     dx = out_like(x, view, spec)
     # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
     dwb = (torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
            if need_dwb else None)
     count = plan.count if count is None else count
     if fixed:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps, dres)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps, dres, epi)
     elif plan.partials is None:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0, dres)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0, dres, epi)
     else:
         if partials is None:
             partials = torch.empty(view.rows, plan.partials.cfg.SPLIT, 2, dtype=acc_dtype(x),
                                    device=x.device)
-            _bwd(plan.partials, x, dy, x, weight, mean, rstd, partials, None, 1.0, 0.0)
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres)
+            _bwd(plan.partials, x, dy, x, weight, mean, rstd, partials, None, 1.0, 0.0, epi=epi)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres, epi)
     if dwb is None:
         return dx, None, None
     dw, db = column_sums(dwb, plan.slots, 2 * plan.cw,
