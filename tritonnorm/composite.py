@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .activation import compose
 from .spec import W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView
 
 
@@ -48,8 +49,9 @@ def param4(p: Tensor, view: RowView, spec: ReductionSpec) -> Tensor:
 
 
 def row_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], view: RowView,
-             spec: ReductionSpec, eps: float, stats=None, running=None):
+             spec: ReductionSpec, eps: float, stats=None, running=None, act=None, post=None):
     """(y, mean, rstd) as the kernels compute them; mean and rstd per row, detached.
+    ``act`` and ``post``: y = act(norm(x) + post), torch's composition (activation.compose).
 
     ``stats`` = (mean, var) per g: constants (running statistics in eval).
     ``running`` = (running_mean, running_var, momentum, num_batches_tracked): updated
@@ -76,7 +78,7 @@ def row_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], view: 
         y4 = y4 * param4(weight.to(acc), view, spec)
     if bias is not None:
         y4 = y4 + param4(bias.to(acc), view, spec)
-    y = unrows4(y4.to(x.dtype), x.shape, spec)
+    y = compose(unrows4(y4.to(x.dtype), x.shape, spec), post, act)
     rows = view.N * view.G if stats is None else view.G
     return y, mean.detach().expand(rstd.shape).reshape(rows), rstd.detach().reshape(rows)
 
@@ -93,16 +95,17 @@ def _update_running(running, mean, var, n: int) -> None:
 
 
 def grads_of(forward, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-             dy: Tensor, needs):
-    """(dx, dw, db) of ``forward(x, weight, bias)`` against ``dy``, as differentiable
-    functions of x, weight and dy: a backward under create_graph=True.  The bias's
-    value enters no gradient: a zero stands in for it."""
+             dy: Tensor, needs, residual: Optional[Tensor] = None, real_bias: bool = False):
+    """(dx, dw, db[, dresidual]) of ``forward(x, weight, bias[, residual])`` against ``dy``,
+    as differentiable functions of x, weight, dy (and bias, residual): a backward under
+    create_graph=True.  Unless ``real_bias`` (an activation after the norm makes the
+    gradients depend on it), the bias's value enters no gradient: a zero stands in."""
     with torch.enable_grad():
-        if bias is not None:
+        if bias is not None and not real_bias:
             bias = torch.zeros_like(bias, requires_grad=True)
-        y = forward(x, weight, bias)
-        wanted = [(needs[0], x), (needs[1] and weight is not None, weight),
-                  (needs[2] and bias is not None, bias)]
+        args = (x, weight, bias) if residual is None else (x, weight, bias, residual)
+        y = forward(*args)
+        wanted = [(needs[i] and t is not None, t) for i, t in enumerate(args)]
         inputs = [t for want, t in wanted if want]
         grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True, allow_unused=True)
                      if inputs else ())
@@ -110,7 +113,9 @@ def grads_of(forward, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
 
 
 def backward(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], dy: Tensor,
-             view: RowView, spec: ReductionSpec, eps: float, stats, needs):
-    """The gradients of row_norm above, differentiable (see grads_of)."""
-    return grads_of(lambda x, w, b: row_norm(x, w, b, view, spec, eps, stats)[0],
-                    x, weight, bias, dy, needs)
+             view: RowView, spec: ReductionSpec, eps: float, stats, needs, act=None, post=None):
+    """The gradients of row_norm above, differentiable (see grads_of); with ``post``,
+    the residual's gradient comes fourth."""
+    def forward(x, w, b, r=None):
+        return row_norm(x, w, b, view, spec, eps, stats, act=act, post=r)[0]
+    return grads_of(forward, x, weight, bias, dy, needs, post, real_bias=act is not None)

@@ -13,11 +13,12 @@ from torch import Tensor
 
 from . import checks, config
 from ._runtime import use_triton
+from .activation import Act, compose, parse
 from .fused import add_layer_norm, add_rms_norm
 from .ops import row_norm
 from .quant import layer_norm_quant, rms_norm_quant
 from .spec import (BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, batch_layout, channel_layout,
-                   row_layout)
+                   match_layout, row_layout)
 
 __all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "layer_norm_quant", "rms_norm", "rms_norm_quant"]
@@ -120,14 +121,41 @@ def _flat(p: Optional[Tensor]) -> Optional[Tensor]:
 
 def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-               eps: float = 1e-5) -> Tensor:
+               eps: float = 1e-5, *, activation: Optional[str] = None,
+               negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
+    """torch's layer_norm; ``activation`` (see tritonnorm.activation) is applied to its
+    output in the same kernel."""
+    act = parse(activation, negative_slope, approximate)
     if _torch_path(input):
-        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+        return compose(F.layer_norm(input, normalized_shape, weight, bias, eps), None, act)
     xv, view = _rows(LAYER, input, normalized_shape, weight, bias, strided=True)
     checks.devices(input, weight, bias)
     if input.is_cuda:
         xv, weight, bias = _autocast("layer_norm", xv, weight, bias)
-    return row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps)   # input's shape
+    return row_norm(xv, _flat(weight), _flat(bias), view, LAYER, eps, act=act)   # input's shape
+
+
+def _epilogue(x: Tensor, view, residual: Optional[Tensor]):
+    """(post, outside): the residual as the kernels read it (x's dtype, device and
+    strides), or, where it differs from x in dtype or device, ``outside``: the
+    epilogue then runs in torch ops after the kernel, with torch's type promotion."""
+    if residual is None:
+        return None, False
+    checks.residual(x, residual)
+    if residual.dtype != x.dtype or residual.device != x.device:
+        return None, True
+    return match_layout(residual, view), False
+
+
+def _norm_epilogue(x, weight, bias, view, spec, eps, residual, act: Optional[Act], **kw):
+    """row_norm with the epilogue act(norm(x) + residual), fused where it can be."""
+    post, outside = _epilogue(x, view, residual)
+    if outside:
+        out = row_norm(x, weight, bias, view, spec, eps, **kw)
+        if kw.get("with_stats"):
+            return (compose(out[0], residual, act),) + out[1:]
+        return compose(out, residual, act)
+    return row_norm(x, weight, bias, view, spec, eps, act=act, post=post, **kw)
 
 
 def offset_weight(weight: Optional[Tensor], offset: float, normalized_shape, x: Tensor):
@@ -170,29 +198,39 @@ def rms_eps(x: Tensor, eps: Optional[float]) -> float:
 
 
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
-               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+               bias: Optional[Tensor] = None, eps: float = 1e-5, *,
+               residual: Optional[Tensor] = None, activation: Optional[str] = None,
+               negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
+    """torch's group_norm; act(group_norm(input) + residual) with the epilogue keywords."""
+    act = parse(activation, negative_slope, approximate)
     if _torch_path(input):
-        return F.group_norm(input, num_groups, weight, bias, eps)
+        return compose(F.group_norm(input, num_groups, weight, bias, eps), residual, act)
     view, dense = _group_view(input, num_groups, weight, bias)
     checks.devices(input, weight, bias)
     x, weight, bias = _autocast("group_norm", input, weight, bias)
-    return row_norm(x if dense else x.contiguous(), _flat(weight), _flat(bias), view, GROUP, eps)
+    return _norm_epilogue(x if dense else x.contiguous(), _flat(weight), _flat(bias), view,
+                          GROUP, eps, residual, act)
 
 
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
-                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+                  momentum: float = 0.1, eps: float = 1e-5, *,
+                  residual: Optional[Tensor] = None, activation: Optional[str] = None,
+                  negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
+    """torch's instance_norm; act(instance_norm(input) + residual) with the epilogue
+    keywords."""
+    act = parse(activation, negative_slope, approximate)
     if _jit_tracing() or not use_triton(input):
-        return F.instance_norm(input, running_mean, running_var, weight, bias,
-                               use_input_stats, momentum, eps)
+        return compose(F.instance_norm(input, running_mean, running_var, weight, bias,
+                                       use_input_stats, momentum, eps), residual, act)
     if use_input_stats and math.prod(input.shape[2:]) == 1:   # torch's first check
         raise ValueError(
             f"Expected more than 1 spatial element when training, got input size {input.size()}")
     if input.dim() < 2:
         raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
     if input.numel() == 0:
-        return _empty_instance_norm(input, weight, bias)
+        return compose(_empty_instance_norm(input, weight, bias), residual, act)
     c = input.shape[1]
     checks.vector("weight", weight, c, input)
     checks.vector("bias", bias, c, input)
@@ -208,9 +246,9 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         checks.vector("running_mean", running_mean, c, input)
         checks.vector("running_var", running_var, c, input)
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
-        y = row_norm(xv, weight, bias, view, INSTANCE, eps, stats)
-        return y
-    y, mean, rstd = row_norm(xv, weight, bias, view, INSTANCE, eps, with_stats=True)
+        return _norm_epilogue(xv, weight, bias, view, INSTANCE, eps, residual, act, stats=stats)
+    y, mean, rstd = _norm_epilogue(xv, weight, bias, view, INSTANCE, eps, residual, act,
+                                   with_stats=True)
     if running_mean is not None or running_var is not None:
         _update_running(running_mean, running_var, mean, rstd, view.S, c, momentum, eps)
     return y
@@ -243,22 +281,28 @@ def _update_running(running_mean, running_var, mean, rstd, s, c, momentum, eps):
 
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
+               residual: Optional[Tensor] = None, activation: Optional[str] = None,
+               negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
+    """torch's batch_norm; act(batch_norm(input) + residual) with the epilogue keywords."""
     return batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
-                              momentum, eps)
+                              momentum, eps, None, parse(activation, negative_slope, approximate),
+                              residual)
 
 
 def batch_norm_tracked(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                       num_batches_tracked: Optional[Tensor] = None) -> Tensor:
+                       num_batches_tracked: Optional[Tensor] = None, act: Optional[Act] = None,
+                       residual: Optional[Tensor] = None) -> Tensor:
     """batch_norm, where momentum=None with ``num_batches_tracked`` (already
     incremented) means the cumulative average 1 / num_batches_tracked, computed
-    on the device: no host sync."""
+    on the device: no host sync; then act(y + residual)."""
     if momentum is None and num_batches_tracked is None:   # torch's argument parser
         raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, not NoneType")
     if _jit_tracing() or not use_triton(input) or input.numel() == 0:
         if momentum is None:
             momentum = 1.0 / float(num_batches_tracked)
-        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return compose(F.batch_norm(input, running_mean, running_var, weight, bias, training,
+                                    momentum, eps), residual, act)
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(f"{missing} must be defined in evaluation mode")
@@ -281,13 +325,14 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     xv, view = batch_layout(input)
     if not training:
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
-        return row_norm(xv, weight, bias, view, BATCH, eps, stats)
+        return _norm_epilogue(xv, weight, bias, view, BATCH, eps, residual, act, stats=stats)
     if running_mean is None:
-        return row_norm(xv, weight, bias, view, BATCH, eps)
+        return _norm_epilogue(xv, weight, bias, view, BATCH, eps, residual, act)
     # The kernel updates the statistics in place; strided buffers go through a
     # contiguous copy and back, so torch's in-place contract holds for them too.
     rm, rv = running_mean.contiguous(), running_var.contiguous()
-    y = row_norm(xv, weight, bias, view, BATCH, eps, running=(rm, rv, momentum, num_batches_tracked))
+    y = _norm_epilogue(xv, weight, bias, view, BATCH, eps, residual, act,
+                       running=(rm, rv, momentum, num_batches_tracked))
     with torch.no_grad():
         for buf, new in ((running_mean, rm), (running_var, rv)):
             if new is not buf:

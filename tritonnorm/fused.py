@@ -13,20 +13,23 @@ import torch
 from torch import Tensor
 
 from . import checks, composite
-from .dispatch import row_backward, row_forward
+from .activation import Act, compose, parse
+from .dispatch import Epilogue, row_backward, row_forward
 from .spec import LAYER, RMS, match_layout
 
 
 class AddNorm(torch.autograd.Function):
-    """(y, h) of the fused add + norm; ``call`` = (view, spec, eps)."""
+    """(y, h) of the fused add + norm; ``call`` = (view, spec, eps, act): y = act(norm(h))."""
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, call):
-        view, spec, eps = call
+        view, spec, eps, act = call
         h = torch.empty_like(x)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h)
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h,
+                                    act=act)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(h, weight)   # h is an output: modifying it in place is caught
+        # h is an output: modifying it in place is caught.  The bias recomputes z for act.
+        ctx.save_for_backward(h, weight, bias if act is not None else None)
         ctx.state = (call, mean, rstd, bias is not None)
         return y, h
 
@@ -36,8 +39,8 @@ class AddNorm(torch.autograd.Function):
             raise RuntimeError(
                 "tritonnorm: add_layer_norm/add_rms_norm have no double backward; for "
                 "gradients of gradients compute h = x + residual and call layer_norm/rms_norm")
-        h, weight = ctx.saved_tensors
-        (view, spec, eps), mean, rstd, has_bias = ctx.state
+        h, weight, bias = ctx.saved_tensors
+        (view, spec, eps, act), mean, rstd, has_bias = ctx.state
         need = ctx.needs_input_grad
         if dy is None:   # only h reached the loss: both inputs get its gradient
             return dh if need[0] else None, dh if need[1] else None, None, None, None
@@ -45,7 +48,8 @@ class AddNorm(torch.autograd.Function):
         need_db = has_bias and need[3]
         dres = None if dh is None else match_layout(dh, view)
         dx, dw, db = row_backward(h, match_layout(dy, view), view, spec, weight, mean, rstd,
-                                  need_dw, need_db, eps=eps, dres=dres)
+                                  need_dw, need_db, eps=eps, dres=dres,
+                                  epi=None if act is None else Epilogue(act, bias))
         return dx if need[0] else None, dx if need[1] else None, dw, db, None
 
 
@@ -54,12 +58,13 @@ def add(x: Tensor, residual: Tensor) -> Tensor:
     return (x + residual).to(x.dtype)
 
 
-def _unfused(norm, x, residual, *args):
+def _unfused(norm, x, residual, act, *args):
     h = add(x, residual)
-    return norm(h, *args), h
+    return compose(norm(h, *args), None, act), h
 
 
-def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias, eps):
+def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias, eps,
+              act: Optional[Act] = None):
     from . import functional as TF
     from .ops import eager
     checks.residual(x, residual)
@@ -67,7 +72,7 @@ def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias,
     args = (normalized_shape, weight, bias, eps) if spec is LAYER else (normalized_shape, weight, eps)
     if (TF._torch_path(x) or not eager(x) or composite.transforming()
             or (x.is_cuda and torch.is_autocast_enabled("cuda"))):
-        return _unfused(norm, x, residual, *args)
+        return _unfused(norm, x, residual, act, *args)
     xv, view = TF._rows(spec, x, normalized_shape, weight, bias)
     checks.devices(x, weight, bias, residual)
     r = residual.to(x.dtype).contiguous()   # xv is contiguous too: one set of strides
@@ -76,17 +81,19 @@ def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias,
         eps = TF.rms_eps(x, eps)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (xv, r, weight, bias)):
-        return AddNorm.apply(xv, r, weight, bias, (view, spec, eps))
+        return AddNorm.apply(xv, r, weight, bias, (view, spec, eps, act))
     h = torch.empty_like(xv)
-    y, _, _ = row_forward(xv, view, spec, weight, bias, eps, residual=r, h=h)
+    y, _, _ = row_forward(xv, view, spec, weight, bias, eps, residual=r, h=h, act=act)
     return y, h
 
 
 def add_layer_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Sequence[int]],
                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-                   eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
-    """(layer_norm(h), h) with h = x + residual, both in x's dtype."""
-    return _add_norm(LAYER, x, residual, normalized_shape, weight, bias, eps)
+                   eps: float = 1e-5, *, activation: Optional[str] = None,
+                   negative_slope: float = 0.01, approximate: str = "none") -> Tuple[Tensor, Tensor]:
+    """(act(layer_norm(h)), h) with h = x + residual, both in x's dtype."""
+    return _add_norm(LAYER, x, residual, normalized_shape, weight, bias, eps,
+                     parse(activation, negative_slope, approximate))
 
 
 def add_rms_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Sequence[int]],

@@ -9,20 +9,54 @@ from typing import Optional
 import torch.nn as nn
 from torch import Tensor
 
+from . import activation as activations
 from . import functional as TF
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "RMSNorm"]
 
 
-class LayerNorm(nn.LayerNorm):
+class Activated:
+    """The activation epilogue of a norm layer: torch's constructor plus ``activation``
+    (None, "relu", "silu", "gelu" with ``approximate``, "leaky_relu" with
+    ``negative_slope``), kept as plain attributes -- not in the state_dict, so weights
+    load either way -- and shown by extra_repr.  The class attributes are the defaults
+    of a layer that convert() swapped in without running this constructor."""
+    activation: Optional[str] = None
+    negative_slope: float = 0.01
+    approximate: str = "none"
+
+    def __init__(self, *args, activation: Optional[str] = None, negative_slope: float = 0.01,
+                 approximate: str = "none", **kwargs):
+        super().__init__(*args, **kwargs)
+        activations.parse(activation, negative_slope, approximate)   # refuse a bad one now
+        self.activation, self.negative_slope, self.approximate = (activation, negative_slope,
+                                                                  approximate)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        act = activations.describe(self.activation, self.negative_slope, self.approximate)
+        return f"{text}, {act}" if act else text
+
+    def act(self):
+        """The parsed activation (activation.Act), or None."""
+        return activations.parse(self.activation, self.negative_slope, self.approximate)
+
+    def epilogue(self) -> dict:
+        """The functional API's epilogue keywords."""
+        return dict(activation=self.activation, negative_slope=self.negative_slope,
+                    approximate=self.approximate)
+
+
+class LayerNorm(Activated, nn.LayerNorm):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None):
-        """torch's forward; with a ``residual``, (y, h) of the fused h = input + residual,
-        y = layer_norm(h), as vLLM's layers return them."""
+        """torch's forward, then the activation; with a ``residual``, (y, h) of the fused
+        h = input + residual, y = act(layer_norm(h)), as vLLM's layers return them."""
         if residual is not None:
             return TF.add_layer_norm(input, residual, self.normalized_shape, self.weight,
-                                     self.bias, self.eps)
-        return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+                                     self.bias, self.eps, **self.epilogue())
+        return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
+                             **self.epilogue())
 
 
 class RMSNorm(nn.RMSNorm):
@@ -46,13 +80,16 @@ class RMSNorm(nn.RMSNorm):
         return TF.rms_norm(x, self.normalized_shape, self.weight, self.eps, offset=self.offset)
 
 
-class GroupNorm(nn.GroupNorm):
-    def forward(self, input: Tensor) -> Tensor:
-        return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+class GroupNorm(Activated, nn.GroupNorm):
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """act(group_norm(input) + residual)."""
+        return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                             residual=residual, **self.epilogue())
 
 
-def _instance_forward(self, input: Tensor) -> Tensor:
-    """torch's _InstanceNorm.forward, calling tritonnorm's instance_norm."""
+def _instance_forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    """torch's _InstanceNorm.forward, calling tritonnorm's instance_norm; then
+    act(y + residual)."""
     self._check_input_dim(input)
     feature_dim = input.dim() - self._get_no_batch_dim()
     if input.size(feature_dim) != self.num_features:
@@ -66,23 +103,26 @@ def _instance_forward(self, input: Tensor) -> Tensor:
             "which is not used because affine=False", stacklevel=3)
     unbatched = input.dim() == self._get_no_batch_dim()
     x = input.unsqueeze(0) if unbatched else input
+    if unbatched and residual is not None:
+        residual = residual.unsqueeze(0)
     y = TF.instance_norm(
         x, self.running_mean, self.running_var, self.weight, self.bias,
         self.training or not self.track_running_stats,
         # torch passes 0.0 for momentum=None: InstanceNorm keeps no cumulative average.
-        self.momentum if self.momentum is not None else 0.0, self.eps)
+        self.momentum if self.momentum is not None else 0.0, self.eps,
+        residual=residual, **self.epilogue())
     return y.squeeze(0) if unbatched else y
 
 
-class InstanceNorm1d(nn.InstanceNorm1d):
+class InstanceNorm1d(Activated, nn.InstanceNorm1d):
     forward = _instance_forward
 
 
-class InstanceNorm2d(nn.InstanceNorm2d):
+class InstanceNorm2d(Activated, nn.InstanceNorm2d):
     forward = _instance_forward
 
 
-class InstanceNorm3d(nn.InstanceNorm3d):
+class InstanceNorm3d(Activated, nn.InstanceNorm3d):
     forward = _instance_forward
 
 
@@ -103,21 +143,22 @@ def batch_step(self):
             self.running_var if use_buffers else None)
 
 
-def _batch_forward(self, input: Tensor) -> Tensor:
-    """torch's _BatchNorm.forward, calling tritonnorm's batch_norm."""
+def _batch_forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    """torch's _BatchNorm.forward, calling tritonnorm's batch_norm; then
+    act(y + residual)."""
     self._check_input_dim(input)
     momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
     return TF.batch_norm_tracked(input, running_mean, running_var, self.weight, self.bias,
-                                 bn_training, momentum, self.eps, tracked)
+                                 bn_training, momentum, self.eps, tracked, self.act(), residual)
 
 
-class BatchNorm1d(nn.BatchNorm1d):
+class BatchNorm1d(Activated, nn.BatchNorm1d):
     forward = _batch_forward
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm2d(Activated, nn.BatchNorm2d):
     forward = _batch_forward
 
 
-class BatchNorm3d(nn.BatchNorm3d):
+class BatchNorm3d(Activated, nn.BatchNorm3d):
     forward = _batch_forward

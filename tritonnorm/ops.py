@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from . import composite
-from .dispatch import acc_dtype, row_backward, row_forward
+from .activation import Act
+from .dispatch import Epilogue, acc_dtype, row_backward, row_forward
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout, out_like
 
 SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH, RMS_CAST]
@@ -30,79 +31,115 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
              fmt: int, spec: int, eps: float, stat_mean: Optional[Tensor],
              stat_var: Optional[Tensor], running_mean: Optional[Tensor],
              running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
-             momentum: Optional[float]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, mean, rstd, new_running_mean, new_running_var).  mean/rstd are empty
+             momentum: Optional[float], post: Optional[Tensor] = None, act: int = 0,
+             slope: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, rstd, new_running_mean, new_running_var, mask).  mean/rstd are empty
     when stat_mean/stat_var (constant statistics: a mean and a variance, eps
     added in the kernel) are given; the new running stats are empty unless
-    running_mean/running_var are."""
+    running_mean/running_var are.  ``post``/``act``/``slope``: the epilogue
+    y = act(norm(x) + post); ``mask`` (z > 0) is empty unless the backward reads it."""
     running = None
     new_rm, new_rv = x.new_empty(0), x.new_empty(0)
     if running_mean is not None:
         new_rm, new_rv = torch.empty_like(running_mean), torch.empty_like(running_var)
         running = (running_mean, running_var, momentum, num_batches_tracked, new_rm, new_rv)
+    a = Act(act, slope) if act else None
+    mask = sign_mask(x, post, a)
     y, mean, rstd = row_forward(x, _view(geom, fmt), SPECS[spec], weight, bias, eps,
-                                stat_mean, stat_var, running)
+                                stat_mean, stat_var, running, act=a, post=post,
+                                mask=mask if mask.numel() else None)
     if stat_mean is not None:
         mean = x.new_empty(0, dtype=acc_dtype(x))
         rstd = x.new_empty(0, dtype=acc_dtype(x))
-    return y, mean, rstd, new_rm, new_rv
+    return y, mean, rstd, new_rm, new_rv, mask
+
+
+def sign_mask(x: Tensor, post: Optional[Tensor], act: Optional[Act]) -> Tensor:
+    """The sign mask of z: saved for relu / leaky_relu after a residual (the backward then
+    needs neither z nor the residual); empty otherwise."""
+    if post is not None and act is not None and act.maskable and x.numel():
+        return torch.empty_like(x, dtype=torch.bool)
+    return x.new_empty(0, dtype=torch.bool)
 
 
 @norm_fwd.register_fake
 def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_var, running_mean, running_var,
-      num_batches_tracked, momentum):
+      num_batches_tracked, momentum, post=None, act=0, slope=0.0):
     rows = 0 if stat_mean is not None else geom[0] * geom[1]
     y = out_like(x, _view(geom, fmt), SPECS[spec])
     stats = [x.new_empty(rows, dtype=acc_dtype(x)) for _ in range(2)]
+    mask = sign_mask(x, post, Act(act, slope) if act else None)
     if running_mean is None:
-        return y, *stats, x.new_empty(0), x.new_empty(0)
-    return y, *stats, torch.empty_like(running_mean), torch.empty_like(running_var)
+        return y, *stats, x.new_empty(0), x.new_empty(0), mask
+    return y, *stats, torch.empty_like(running_mean), torch.empty_like(running_var), mask
 
 
 @torch.library.custom_op("tritonnorm::norm_bwd", mutates_args=())
 def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
              geom: List[int], fmt: int, spec: int, fixed: bool, need_dw: bool,
-             need_db: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """(dx, dw, db); dw/db are empty when not asked for.  With ``fixed``, rstd
-    holds the given variance."""
+             need_db: bool, eps: float, bias: Optional[Tensor] = None,
+             post: Optional[Tensor] = None, mask: Optional[Tensor] = None, act: int = 0,
+             slope: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw, db, dpost); dw/db are empty when not asked for, dpost without a post.
+    With ``fixed``, rstd holds the given variance."""
+    epi = _epilogue(x, bias, post, mask, act, slope)
     dx, dw, db = row_backward(x, dy, _view(geom, fmt), SPECS[spec], weight, mean, rstd,
-                              need_dw, need_db, fixed, eps=eps)
-    return dx, x.new_empty(0) if dw is None else dw, x.new_empty(0) if db is None else db
+                              need_dw, need_db, fixed, eps=eps, epi=epi)
+    dpost = x.new_empty(0) if post is None else (dy if epi is None else epi.dr)
+    return dx, x.new_empty(0) if dw is None else dw, x.new_empty(0) if db is None else db, dpost
+
+
+def _epilogue(x, bias, post, mask, act, slope) -> Optional[Epilogue]:
+    """The backward's Epilogue, its residual gradient allocated (none without an
+    activation: then the residual's gradient is dy itself)."""
+    if not act:
+        return None
+    mask = mask if mask is not None and mask.numel() else None
+    return Epilogue(Act(act, slope), bias, post, mask,
+                    None if post is None else torch.empty_like(x))
 
 
 @norm_bwd.register_fake
-def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db, eps):
+def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db, eps, bias=None,
+      post=None, mask=None, act=0, slope=0.0):
     dx = out_like(x, _view(geom, fmt), SPECS[spec])
     pdtype = weight.dtype if weight is not None else x.dtype
     cw = weight.numel() if weight is not None else 0
     dw = x.new_empty(cw if need_dw else 0, dtype=pdtype)
     db = x.new_empty(cw if need_db else 0, dtype=pdtype)
-    return dx, dw, db
+    dpost = x.new_empty(0) if post is None else (
+        torch.empty_like(dy) if not act else torch.empty_like(x))
+    return dx, dw, db, dpost
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias, geom, fmt, spec, _, stat_mean, stat_var = inputs[:9]
-    _, mean, rstd, _, _ = output
+    post, act, slope = inputs[13:16]
+    _, mean, rstd, _, _, mask = output
     ctx.mark_non_differentiable(*output[1:])
     # The statistics outputs never get a gradient: no zero tensors materialised for them.
     ctx.set_materialize_grads(False)
     fixed = stat_mean is not None
-    ctx.save_for_backward(x, weight, stat_mean if fixed else mean, stat_var if fixed else rstd)
+    ctx.save_for_backward(x, weight, stat_mean if fixed else mean, stat_var if fixed else rstd,
+                          bias if act else None, post, mask)
     ctx.geom, ctx.fmt, ctx.spec, ctx.fixed, ctx.eps = geom, fmt, spec, fixed, inputs[6]
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    ctx.has_post, ctx.act, ctx.slope = post is not None, act, slope
 
 
 def _backward(ctx, dy, *_):
-    x, weight, mean, rstd = ctx.saved_tensors
+    x, weight, mean, rstd, bias, post, mask = ctx.saved_tensors
     if dy is None:  # y took no part in the loss
-        return (None,) * 13
+        return (None,) * 16
     need_dw = ctx.has_weight and ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
     dy = match_layout(dy, _view(ctx.geom, ctx.fmt))
-    dx, dw, db = norm_bwd(dy, x, weight, mean, rstd, ctx.geom, ctx.fmt, ctx.spec, ctx.fixed,
-                          need_dw, need_db, ctx.eps)
+    dx, dw, db, dpost = norm_bwd(dy, x, weight, mean, rstd, ctx.geom, ctx.fmt, ctx.spec,
+                                 ctx.fixed, need_dw, need_db, ctx.eps, bias, post, mask,
+                                 ctx.act, ctx.slope)
     return (dx if ctx.needs_input_grad[0] else None, dw if need_dw else None,
-            db if need_db else None) + (None,) * 10
+            db if need_db else None) + (None,) * 10 + (
+        dpost if ctx.has_post and ctx.needs_input_grad[13] else None, None, None)
 
 
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -116,14 +153,20 @@ class EagerNorm(torch.autograd.Function):
     only when asked for: autograd's apply pays per argument and per output."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, call):
-        view, spec, eps, stats, running, with_stats = call
+    def forward(ctx, x, weight, bias, post, call):
+        view, spec, eps, stats, running, with_stats, act = call
         mean, var = stats if stats is not None else (None, None)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running)
-        ctx.save_for_backward(x, weight)
-        # The statistics are this call's own tensors, which nobody else can modify: no
-        # version check needed, so they ride on ctx.
-        ctx.state = (call, mean, rstd, bias)   # bias: for its shape and dtype only
+        mask = sign_mask(x, post, act)
+        mask = mask if mask.numel() else None
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
+                                    act=act, post=post, mask=mask)
+        # With an activation the backward recomputes z: from the bias and the residual, or
+        # the residual's part from the sign mask (relu, leaky_relu).
+        ctx.save_for_backward(x, weight, bias if act else None,
+                              post if act and mask is None else None)
+        # The statistics (and the mask) are this call's own tensors, which nobody else can
+        # modify: no version check needed, so they ride on ctx.
+        ctx.state = (call, mean, rstd, bias, mask, post is not None)   # bias: its shape, dtype
         if not with_stats:
             return y
         ctx.set_materialize_grads(False)
@@ -133,18 +176,31 @@ class EagerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, *_):
         if dy is None:  # y took no part in the loss
-            return None, None, None, None
-        x, weight = ctx.saved_tensors
-        call, mean, rstd, bias = ctx.state
+            return None, None, None, None, None
+        x, weight, _, post = ctx.saved_tensors
+        call, mean, rstd, bias, mask, has_post = ctx.state
         view, spec, eps, stats = call[:4]
+        act = call[6]
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():   # create_graph=True: gradients that are differentiable
-            return composite.backward(x, weight, bias, dy, view, spec, eps, stats, need) + (None,)
+            if has_post and post is None:
+                raise RuntimeError("tritonnorm: no double backward through a relu/leaky_relu "
+                                   "residual epilogue (its residual is not saved)")
+            grads = composite.backward(x, weight, bias, dy, view, spec, eps, stats, need,
+                                       act, post)
+            return grads[:3] + ((grads[3] if has_post else None), None)
         need_dw = weight is not None and need[1]
         need_db = bias is not None and need[2]
-        dx, dw, db = row_backward(x, match_layout(dy, view), view, spec, weight, mean, rstd,
-                                  need_dw, need_db, stats is not None, eps=eps)
-        return dx if need[0] else None, dw, db, None
+        dy = match_layout(dy, view)
+        epi = None
+        if act is not None:
+            epi = Epilogue(act, bias, post, mask, torch.empty_like(x) if has_post else None)
+        dx, dw, db = row_backward(x, dy, view, spec, weight, mean, rstd,
+                                  need_dw, need_db, stats is not None, eps=eps, epi=epi)
+        dpost = None
+        if has_post and need[3]:
+            dpost = dy if epi is None else epi.dr
+        return dx if need[0] else None, dw, db, dpost, None
 
 
 def _fast_apply():
@@ -157,9 +213,10 @@ def _fast_apply():
     except AttributeError:
         return EagerNorm.apply
 
-    def apply(x, weight, bias, call):   # row_norm has ruled out functorch transforms
+    def apply(x, weight, bias, post, call):   # row_norm has ruled out functorch transforms
         return c_apply(unwrap(x), weight if weight is None else unwrap(weight),
-                       bias if bias is None else unwrap(bias), call)
+                       bias if bias is None else unwrap(bias),
+                       post if post is None else unwrap(post), call)
     return apply
 
 
@@ -174,33 +231,40 @@ def eager(x: Tensor) -> bool:
 
 
 def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None,
-             with_stats=False):
+             with_stats=False, act=None, post=None):
     """Apply the row norm; returns y, or (y, mean, rstd) ``with_stats``.
 
     ``stats`` (mean, var) are constants to apply (running statistics in eval);
     ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
     are updated with the batch statistics (momentum None: cumulative average).
+    ``act`` (activation.Act) and ``post`` (a residual in x's dtype and strides):
+    y = act(norm(x) + post).
     Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
     update is functional plus a traced copy_."""
     if eager(x):
         if composite.transforming():
             # torch.func transforms and forward-mode AD: torch ops, differentiated by torch.
-            y, mean, rstd = composite.row_norm(x, weight, bias, view, spec, eps, stats, running)
+            y, mean, rstd = composite.row_norm(x, weight, bias, view, spec, eps, stats, running,
+                                               act, post)
             return (y, mean, rstd) if with_stats else y
         if torch.is_grad_enabled() and (x.requires_grad
                                         or (weight is not None and weight.requires_grad)
-                                        or (bias is not None and bias.requires_grad)):
-            return _apply(x, weight, bias, (view, spec, eps, stats, running, with_stats))
+                                        or (bias is not None and bias.requires_grad)
+                                        or (post is not None and post.requires_grad)):
+            return _apply(x, weight, bias, post,
+                          (view, spec, eps, stats, running, with_stats, act))
         # Nothing to differentiate (inference): no autograd node, the kernel alone.
         mean, var = stats if stats is not None else (None, None)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running)
+        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
+                                    act=act, post=post)
         return (y, mean, rstd) if with_stats else y
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
     stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
-    y, mean, rstd, new_rm, new_rv = norm_fwd(
+    y, mean, rstd, new_rm, new_rv, _ = norm_fwd(
         x, weight, bias, geom, FORMATS.index(view.memory_format), SPECS.index(spec), float(eps),
-        stat_mean, stat_var, rm, rv, nbt, None if momentum is None else float(momentum))
+        stat_mean, stat_var, rm, rv, nbt, None if momentum is None else float(momentum),
+        post, 0 if act is None else act.code, 0.0 if act is None else float(act.slope))
     if rm is not None:
         with torch.no_grad():
             rm.copy_(new_rm)

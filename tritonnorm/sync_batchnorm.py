@@ -16,17 +16,21 @@ the activations.  Counts stay on the device: no host sync, so a training step
 can be captured in a CUDA graph.
 """
 import math
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from . import composite
+from . import checks, composite
 from . import functional as TF
+from .activation import compose
 from ._runtime import use_triton
-from .dispatch import acc_dtype, backward_partials, forward_partials, row_backward, row_forward
-from .modules import batch_step
+from .dispatch import (Epilogue, acc_dtype, backward_partials, forward_partials, row_backward,
+                       row_forward)
+from .modules import Activated, batch_step
+from .ops import sign_mask
 from .spec import BATCH, batch_layout, match_layout
 
 
@@ -55,9 +59,14 @@ def _local_stats(x: Tensor, view, c: int) -> Tensor:
 
 class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, tracked, momentum, eps, group):
+    def forward(ctx, x, weight, bias, running_mean, running_var, tracked, momentum, eps, group,
+                post, act):
         c = x.shape[1]
         x, view = batch_layout(x)
+        if post is not None:
+            post = match_layout(post, view)
+        mask = sign_mask(x, post, act)
+        mask = mask if mask.numel() else None
         local = _local_stats(x, view, c)
         world = dist.get_world_size(group)
         gathered = torch.empty(world * c, 3, dtype=local.dtype, device=local.device)
@@ -68,30 +77,41 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if running_mean is not None:
             running = (running_mean, running_var, momentum, tracked)
         y, mean, rstd = row_forward(x, view, BATCH, weight, bias, eps, running=running,
-                                    partials=partials)
-        ctx.save_for_backward(x, weight, mean, rstd, count)
-        ctx.view, ctx.group, ctx.bias, ctx.eps = view, group, bias, eps
+                                    partials=partials, act=act, post=post, mask=mask)
+        ctx.save_for_backward(x, weight, mean, rstd, count, post)
+        ctx.view, ctx.group, ctx.bias, ctx.eps, ctx.act, ctx.mask = view, group, bias, eps, act, mask
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, rstd, count = ctx.saved_tensors
+        x, weight, mean, rstd, count, post = ctx.saved_tensors
+        act = ctx.act
         if torch.is_grad_enabled():   # create_graph=True: differentiable gradients
-            forward = lambda x, w, b: composite_forward(x, w, b, ctx.eps, ctx.group)  # noqa: E731
-            return composite.grads_of(forward, x, weight, ctx.bias, dy,
-                                      ctx.needs_input_grad) + (None,) * 6
+            def forward(x, w, b, r=None):
+                return composite_forward(x, w, b, ctx.eps, ctx.group, act=act, post=r)
+            grads = composite.grads_of(forward, x, weight, ctx.bias, dy, ctx.needs_input_grad[:3]
+                                       + ctx.needs_input_grad[9:10], post, act is not None)
+            return grads[:3] + (None,) * 6 + ((grads[3] if post is not None else None), None)
         view = ctx.view
         dy = match_layout(dy, view)
+        epi = None
+        if act is not None:
+            epi = Epilogue(act, ctx.bias, post, ctx.mask,
+                           None if post is None else torch.empty_like(x))
         if x.numel():
-            sums = backward_partials(x, dy, view, BATCH, weight, mean, rstd).sum(1)
+            sums = backward_partials(x, dy, view, BATCH, weight, mean, rstd, epi).sum(1)
         else:
             sums = torch.zeros(view.G, 2, dtype=mean.dtype, device=mean.device)
         dist.all_reduce(sums, group=ctx.group)
         sums = (sums / count.clamp_min(1)).unsqueeze(1)           # global means, (C, 1, 2)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         dx, dw, db = row_backward(x, dy, view, BATCH, weight, mean, rstd, need_dw,
-                                  need_db and ctx.bias is not None, partials=sums, count=1.0)
-        return (dx if need_dx else None), dw, db, None, None, None, None, None, None
+                                  need_db and ctx.bias is not None, partials=sums, count=1.0,
+                                  epi=epi)
+        dpost = None
+        if post is not None and ctx.needs_input_grad[9]:
+            dpost = dy if epi is None else epi.dr
+        return (dx if need_dx else None), dw, db, None, None, None, None, None, None, dpost, None
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -120,7 +140,7 @@ class _AllReduceSum(torch.autograd.Function):
         return out
 
 
-def composite_forward(x, weight, bias, eps, group, running=None):
+def composite_forward(x, weight, bias, eps, group, running=None, act=None, post=None):
     """SyncBatchNorm in torch ops, with a differentiable all_reduce: the path for
     forward-mode AD, torch.func transforms and gradients of gradients, whose
     cross-rank terms need the same sums again.  ``running`` as in row_forward:
@@ -147,16 +167,18 @@ def composite_forward(x, weight, bias, eps, group, running=None):
             unbiased = var.detach() * count / (count - 1).clamp_min(1)
             rm.mul_(1 - f).add_((f * mean.detach()).to(rm.dtype))
             rv.mul_(1 - f).add_((f * unbiased).to(rv.dtype))
-    return y3.reshape(c, n, s).transpose(0, 1).reshape(x.shape).to(x.dtype)
+    return compose(y3.reshape(c, n, s).transpose(0, 1).reshape(x.shape).to(x.dtype), post, act)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """torch.nn.SyncBatchNorm with Triton kernels and one collective per pass.
+class SyncBatchNorm(Activated, nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm with Triton kernels and one collective per pass, and the
+    activation / residual epilogue of tritonnorm's BatchNorm.
 
     As torch's, it normalises by the local batch when no process group is
     initialised; unlike torch's, CPU tensors work with gloo."""
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """act(sync_batch_norm(input) + residual)."""
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
@@ -167,15 +189,27 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                 raise ValueError(
                     "SyncBatchNorm expected input tensor on a GPU, or on the CPU with "
                     "TRITON_INTERPRET=1 set before tritonnorm is imported")
+        act = self.act()
         if group is None or dist.get_world_size(group) == 1:
             return TF.batch_norm_tracked(input, running_mean, running_var, self.weight, self.bias,
-                                         bn_training, momentum, self.eps, tracked)
+                                         bn_training, momentum, self.eps, tracked, act, residual)
+        if residual is not None:
+            checks.residual(input, residual)
+            if residual.dtype != input.dtype or residual.device != input.device:
+                return compose(self._sync(input, None, None, running_mean, running_var, momentum,
+                                          tracked, group), residual, act)
+        return self._sync(input, residual, act, running_mean, running_var, momentum, tracked,
+                          group)
+
+    def _sync(self, input, residual, act, running_mean, running_var, momentum, tracked, group):
         if composite.transforming():   # torch.func transforms, forward-mode AD
             running = None if running_mean is None else (running_mean, running_var, momentum,
                                                          tracked)
-            return composite_forward(input, self.weight, self.bias, self.eps, group, running)
+            return composite_forward(input, self.weight, self.bias, self.eps, group, running,
+                                     act, residual)
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                           running_var, tracked, momentum, self.eps, group)
+                                           running_var, tracked, momentum, self.eps, group,
+                                           residual, act)
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
@@ -193,6 +227,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
             out.running_var = module.running_var
             out.num_batches_tracked = module.num_batches_tracked
             out.training = module.training
+            for name in ("activation", "negative_slope", "approximate"):
+                setattr(out, name, getattr(module, name, getattr(cls, name)))
             if hasattr(module, "qconfig"):
                 out.qconfig = module.qconfig
         for name, child in module.named_children():
