@@ -32,7 +32,7 @@ class Swap(NamedTuple):
 
 
 def convert(module: nn.Module, *, sync_batchnorm: bool = False, process_group=None,
-            return_report: bool = False):
+            fuse: bool = False, concrete_args=None, return_report: bool = False):
     """Replace every torch.nn norm layer in ``module`` by its tritonnorm twin, in place.
 
     Each layer keeps its object identity, so its parameters, buffers, device,
@@ -45,6 +45,12 @@ def convert(module: nn.Module, *, sync_batchnorm: bool = False, process_group=No
     With ``sync_batchnorm=True`` every BatchNorm*D becomes a tritonnorm
     SyncBatchNorm over ``process_group`` instead (new modules sharing the
     parameters and buffers, as torch's convert_sync_batchnorm makes).
+    With ``fuse=True`` the swapped model is then traced with torch.fx (``concrete_args``
+    as symbolic_trace takes them) and every norm followed only by an activation, or by
+    ``+ residual`` then an activation, becomes one fused norm (tritonnorm/fuse.py); the
+    result is a new ``torch.fx.GraphModule`` with the original's state_dict keys, whose
+    fused norms share the original's parameters and buffers.  A model that does not
+    trace is returned swapped but unfused, and the report says why.
     Returns ``module`` (the replacement itself when the root is a norm), or
     ``(module, report)`` with ``return_report=True``; the report is also logged.
     """
@@ -66,9 +72,25 @@ def convert(module: nn.Module, *, sync_batchnorm: bool = False, process_group=No
             report.append(Swap(name, before, f"tritonnorm.hf.{type(m).__name__}"))
         elif hf.looks_like_a_norm(m):
             report.append(Swap(name, hf.qualname(type(m)), "left alone (unknown norm class)"))
+    if fuse:
+        module = _fuse(module, concrete_args, report)
     for swap in report:
         log.info("convert: %s: %s -> %s", swap.name or "<root>", swap.before, swap.after)
     return (module, report) if return_report else module
+
+
+def _fuse(module: nn.Module, concrete_args, report: List[Swap]) -> nn.Module:
+    from .fuse import fuse
+    gm, fused, why = fuse(module, concrete_args)
+    if gm is None:
+        report.append(Swap("", hf.qualname(type(module)),
+                           f"not fused: torch.fx could not trace it ({why})"))
+        return module
+    for name, pattern, epilogue in fused:
+        before = f"tritonnorm.{type(gm.get_submodule(name)).__name__} + {pattern}"
+        report.append(Swap(name, before, f"fused: {epilogue}"
+                           + (", residual" if pattern != "act" else "")))
+    return gm
 
 
 def _to_sync(module: nn.Module, process_group, report: List[Swap]) -> nn.Module:
