@@ -162,8 +162,8 @@ def _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT: tl
 
 @triton.jit
 def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
-            nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, W_MODE: tl.constexpr,
-            HAS_W: tl.constexpr, HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr,
+            nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo, Y_STRIDED: tl.constexpr,
+            W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr,
             ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
             BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
@@ -328,7 +328,8 @@ def row_norm_fwd(
                 else:
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
                 y = _affine((x - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
-                y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y, MASK, ACC)
+                y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y,
+                              MASK, ACC)
                 if QUANT != 0:
                     y = _quantize(y, _row_scale(_tile_amax(y, mask), Scale_ptr, rs, rmask,
                                                 QUANT, DYNAMIC), QUANT)
@@ -353,9 +354,9 @@ def row_norm_fwd(
                 for t in range(t0, t1):
                     offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr,
                                             R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
-                                            nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo, Y_STRIDED, W_MODE,
-                                            HAS_W, HAS_B, CAST_XHAT, ACT, ADD_Y, MASK, ACC,
-                                            BLOCK_G, BLOCK_J, BLOCK_S)
+                                            nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo,
+                                            Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACT,
+                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     if QUANT != 0:
                         y = _quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

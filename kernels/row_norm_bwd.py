@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .activation import act_grad, mask_grad
-from .row_norm import _chunk, _load_params, _param_index, _tile_j
+from .row_norm import _chunk, _load_params, _tile_j
 from .tiles import div, out_offsets, row_block, rsqrt, sum_js, tile_offsets, wide
 
 
@@ -35,19 +35,9 @@ def _channels(g0, jb, Cg, G, BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr):
 
 
 @triton.jit
-def _weight(W_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr):
-    widx, wmask = _param_index(g, j, Cg, G, W_MODE)
-    if HAS_W:
-        return tl.load(W_ptr + widx, mask=wmask, other=0.0).to(ACC)
-    else:
-        return tl.full(widx.shape, 1.0, ACC)
-
-
-@triton.jit
-def _grad_z(dy, x, offs, mask, g, j, X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, Cg, G, mean,
-            rstd, slope_hi, slope_lo, CENTER: tl.constexpr, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
-            HAS_B: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
-            ACC: tl.constexpr):
+def _grad_z(dy, x, w, b, offs, mask, X_ptr, DY_ptr, R_ptr, Mask_ptr, mean, rstd, slope_hi,
+            slope_lo, CENTER: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr,
+            MASK: tl.constexpr, ACC: tl.constexpr):
     """dz = dy * act'(z), rounded to dy's dtype as torch's activation backward rounds it:
     the gradient that reaches the norm's output z (and the residual, with ADD_Y).  z is
     recomputed from x, the row statistics, w, b (and the residual), or, with MASK, its
@@ -55,9 +45,9 @@ def _grad_z(dy, x, offs, mask, g, j, X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_pt
     if ACT == 0:
         return dy
     if MASK:
-        d = mask_grad(tl.load(Mask_ptr + offs, mask=mask, other=0) != 0, slope_hi, slope_lo, ACT, ACC)
+        d = mask_grad(tl.load(Mask_ptr + offs, mask=mask, other=0) != 0, slope_hi, slope_lo, ACT,
+                      ACC)
     else:
-        w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
         xhat = (x - mean) * rstd if CENTER else x * rstd
         z = (xhat * w + b).to(X_ptr.dtype.element_ty).to(ACC)
         if ADD_Y:
@@ -68,20 +58,20 @@ def _grad_z(dy, x, offs, mask, g, j, X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_pt
 
 
 @triton.jit
-def _tile_xdy(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
-              nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
-              W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
-              ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
-              BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Tile t of the rows: its offsets in dy and dx (x's, unless Y_STRIDED), mask, g
-    and j, and x and dz (dy through the activation, _grad_z) in ACC."""
+def _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
+              w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
+              ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
+              BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Tile t of the rows, whose weight and bias are w and b: its offsets in dy and dx
+    (x's, unless Y_STRIDED), mask, g and j, and x and dz (dy through the activation,
+    _grad_z) in ACC."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S)
     x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
     yoffs = out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED)
     dy = tl.load(DY_ptr + yoffs, mask=mask, other=0.0).to(ACC)
-    dz = _grad_z(dy, x, offs, mask, g, j, X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, Cg, G,
-                 mean, rstd, slope_hi, slope_lo, CENTER, W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC)
+    dz = _grad_z(dy, x, w, b, offs, mask, X_ptr, DY_ptr, R_ptr, Mask_ptr, mean, rstd, slope_hi,
+                 slope_lo, CENTER, ACT, ADD_Y, MASK, ACC)
     return yoffs, mask, g, j, x, dz
 
 
@@ -91,12 +81,25 @@ def _tile(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, 
           W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
           ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
           BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
-    """_tile_xdy, and the tile's weight w in ACC."""
-    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G,
-                                        Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo,
-                                        Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK,
-                                        ACC, BLOCK_G, BLOCK_J, BLOCK_S)
-    return offs, mask, g, j, x, dy, _weight(W_ptr, g, j, Cg, G, W_MODE, HAS_W, ACC)
+    """_tile_xdy with the tile's weight and bias loaded, and the weight w in ACC."""
+    w, b = _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE, HAS_W, HAS_B, ACC, BLOCK_G,
+                        BLOCK_J)
+    offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN,
+                                        sG, sJ, sS, nSB, ysN, ysG, w, b, mean, rstd, slope_hi,
+                                        slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y, MASK, ACC,
+                                        BLOCK_G, BLOCK_J, BLOCK_S)
+    return offs, mask, g, j, x, dy, w
+
+
+@triton.jit
+def _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE: tl.constexpr, HAS_W: tl.constexpr,
+                 HAS_B: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
+                 BLOCK_J: tl.constexpr):
+    """w and b (HAS_B: only an activation's backward reads the bias) of tile t, shaped to
+    broadcast against it."""
+    g = g0 + tl.arange(0, BLOCK_G)[:, None, None]
+    j = _tile_j(t, nSB, BLOCK_J)[None, :, None]
+    return _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
 
 
 @triton.jit
@@ -218,7 +221,8 @@ def row_norm_bwd(
     if TILE_OUTER:
         for t in range(t0, t1):
             jr = _tile_j(t, nSB, BLOCK_J)
-            w = _weight(W_ptr, 0, jr[None, :, None], Cg, G, W_MODE, HAS_W, ACC)
+            w, b = _tile_params(W_ptr, B_ptr, t, 0, Cg, G, nSB, W_MODE, HAS_W, HAS_B, ACC,
+                                BLOCK_G, BLOCK_J)
             lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
@@ -226,9 +230,9 @@ def row_norm_bwd(
                     Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(
-                    X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ,
-                    sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
-                    ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                    X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN,
+                    ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y,
+                    MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
@@ -240,7 +244,8 @@ def row_norm_bwd(
     else:
         if RESIDENT and W_MODE == 1:
             jr = _tile_j(t0, nSB, BLOCK_J)
-            w = _weight(W_ptr, 0, jr[None, :, None], Cg, G, W_MODE, HAS_W, ACC)
+            w, b = _tile_params(W_ptr, B_ptr, t0, 0, Cg, G, nSB, W_MODE, HAS_W, HAS_B, ACC,
+                                BLOCK_G, BLOCK_J)
             rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
@@ -249,14 +254,14 @@ def row_norm_bwd(
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(
-                        X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG,
-                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE,
-                        HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        X_ptr, DY_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                        ysN, ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT,
+                        ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
                         X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG,
-                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE,
-                        HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
+                        W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
@@ -269,8 +274,8 @@ def row_norm_bwd(
                 for t in range(t0, t1):
                     offs, mask, g, j, xt, dy, w = _tile(
                         X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG,
-                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE,
-                        HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
+                        W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
                 a1 = sum_js(l1)
@@ -301,8 +306,9 @@ def row_norm_bwd(
                     for t in range(t0, t1):
                         offs, mask, g, j, xt, dy, w = _tile(
                             X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN,
-                            sG, sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
-                            W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                            sG, sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED,
+                            CENTER, W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J,
+                            BLOCK_S)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
                         _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
                         if NEED_DWB:

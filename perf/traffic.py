@@ -122,7 +122,7 @@ def measure(fn):
                 sectors=tally.sectors, torch=names, torch_bytes=tbytes)
 
 
-# name -> (module factory, shape, dtype, channels_last, training)
+# name -> (module factory, shape, dtype, channels_last, training[, residual])
 CASES = {
     "layer 512x4096 fp32": (lambda tn: tn.LayerNorm(4096), (512, 4096), torch.float32, False, True),
     "layer 512x4096 bf16": (lambda tn: tn.LayerNorm(4096), (512, 4096), torch.bfloat16, False, True),
@@ -141,18 +141,31 @@ CASES = {
                                     True, True),
     "batch eval 16x64x56x56 bf16": (lambda tn: tn.BatchNorm2d(64), (16, 64, 56, 56), torch.bfloat16,
                                     False, False),
+    # Epilogues (minimal bytes as the plain norm's; with a residual, +1S each way).
+    "group+silu 8x320x32x32 bf16 nhwc": (lambda tn: tn.GroupNorm(32, 320, activation="silu"),
+                                         (8, 320, 32, 32), torch.bfloat16, True, True),
+    "layer+gelu 512x4096 bf16": (lambda tn: tn.LayerNorm(4096, activation="gelu"), (512, 4096),
+                                 torch.bfloat16, False, True),
+    "batch+relu+res 16x64x56x56 bf16 nhwc": (lambda tn: tn.BatchNorm2d(64, activation="relu"),
+                                             (16, 64, 56, 56), torch.bfloat16, True, True, True),
+    "batch+silu+res 16x64x56x56 bf16 nhwc": (lambda tn: tn.BatchNorm2d(64, activation="silu"),
+                                             (16, 64, 56, 56), torch.bfloat16, True, True, True),
+    "group+silu+res 8x320x32x32 bf16 nhwc": (lambda tn: tn.GroupNorm(32, 320, activation="silu"),
+                                             (8, 320, 32, 32), torch.bfloat16, True, True, True),
 }
 
 
 def run_case(name):
     """Counts of the forward and (in training) the backward of one case."""
     import tritonnorm
-    make, shape, dtype, cl, training = CASES[name]
+    make, shape, dtype, cl, training = CASES[name][:5]
+    residual = CASES[name][5:] == (True,)
     m = make(tritonnorm).to(dtype).train(training)
-    x = torch.randn(shape, dtype=dtype)
+    x, r = (torch.randn(shape, dtype=dtype) for _ in range(2))
     if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x, r = (t.contiguous(memory_format=torch.channels_last) for t in (x, r))
     x.requires_grad_(training)
+    r.requires_grad_(training and residual)
     s = x.numel() * x.element_size()
     batch = "batch" in name and training
     out = {}
@@ -160,11 +173,13 @@ def run_case(name):
 
     def fwd():
         nonlocal y
-        y = m(x)
-    out["fwd"] = dict(measure(fwd), minimal=(3 if batch else 2) * s)
+        y = m(x, r) if residual else m(x)
+    out["fwd"] = dict(measure(fwd), minimal=(3 if batch else 2) * s + residual * s)
     if training:
         dy = torch.randn_like(y)
-        out["bwd"] = dict(measure(lambda: y.backward(dy)), minimal=(5 if batch else 3) * s)
+        inputs = (x, r) if residual else (x,)
+        out["bwd"] = dict(measure(lambda: torch.autograd.grad(y, inputs, dy)),
+                          minimal=(5 if batch else 3) * s + residual * s)
     return out
 
 

@@ -135,3 +135,58 @@ def test_a_fused_residual_add_moves_four_tensors_a_pass(plan, norm):
         assert 1 <= c["launches"] <= launches
         assert (c["issued"] + c["torch_bytes"]) / (4 * s) <= bound
         assert c["distinct"] >= 0.99 * 4 * s
+
+
+# (case, module, shape, dtype, channels_last, residual, {pass: max issued / minimal}).
+# Minimal bytes are the plain norm's (an activation adds none); a residual adds 1S each
+# way: its read forward, its gradient's write backward.  relu / leaky_relu after a
+# residual also write (forward) and read (backward: once a walk over x) a one-byte sign
+# mask, M bytes, in place of reading the residual again: 0.5S in bf16, 0.25S in fp32.
+EPILOGUES = [
+    ("GroupNorm+SiLU channels_last bf16", lambda: tritonnorm.GroupNorm(8, 32, activation="silu"),
+     (4, 32, 16, 16), torch.bfloat16, True, False, {"fwd": 1.10, "bwd": 1.20}),
+    ("InstanceNorm+GELU", lambda: tritonnorm.InstanceNorm2d(16, affine=True, activation="gelu"),
+     (2, 16, 16, 16), torch.float32, False, False, {"fwd": 1.10, "bwd": 1.20}),
+    ("LayerNorm+GELU(tanh) bf16", lambda: tritonnorm.LayerNorm(1024, activation="gelu",
+                                                             approximate="tanh"),
+     (128, 1024), torch.bfloat16, False, False, {"fwd": 1.10, "bwd": 1.20}),
+    ("BatchNorm+ReLU channels_last bf16", lambda: tritonnorm.BatchNorm2d(8, activation="relu"),
+     (8, 8, 16, 16), torch.bfloat16, True, False, {"fwd": 1.05, "bwd": 1.05}),
+    ("BatchNorm+add+ReLU channels_last bf16", lambda: tritonnorm.BatchNorm2d(8, activation="relu"),
+     (16, 8, 16, 16), torch.bfloat16, True, True, {"fwd": 1.05, "bwd": 1.05}),
+    ("GroupNorm+add+ReLU fp32", lambda: tritonnorm.GroupNorm(8, 32, activation="relu"),
+     (4, 32, 16, 16), torch.float32, False, True, {"fwd": 1.10, "bwd": 1.20}),
+]
+
+
+@pytest.mark.parametrize("case,make,shape,dtype,cl,residual,bounds", EPILOGUES,
+                         ids=[c[0] for c in EPILOGUES])
+def test_an_epilogue_adds_no_pass(plan, case, make, shape, dtype, cl, residual, bounds):
+    """The activation (and the residual add) ride on the norm's own passes: as many
+    launches as the plain norm, and the bytes of its passes plus the residual's."""
+    torch.manual_seed(0)
+    m = make().to(dtype)
+    x, r = (torch.randn(shape, dtype=dtype) for _ in range(2))
+    if cl:
+        x, r = (t.contiguous(memory_format=torch.channels_last) for t in (x, r))
+    x.requires_grad_()
+    r.requires_grad_(residual)
+    out = []
+    fwd = traffic.measure(lambda: out.append(m(x, r) if residual else m(x)))
+    dy = torch.randn_like(out[0])
+    inputs = (x, r) if residual else (x,)
+    bwd = traffic.measure(lambda: torch.autograd.grad(out[0], inputs, dy))
+    s = x.numel() * x.element_size()
+    batch = "BatchNorm" in case
+    mask = x.numel() if residual and m.activation in ("relu", "leaky_relu") else 0
+    minimal = {"fwd": (3 if batch else 2) * s + residual * s + mask,
+               "bwd": (5 if batch else 3) * s + residual * s + (2 if batch else 1) * mask}
+    # The distinct bytes: each tensor once (BatchNorm walks x, and the mask, twice).
+    once = {"fwd": minimal["fwd"] - batch * s,
+            "bwd": minimal["bwd"] - batch * (2 * s + mask)}
+    for pass_, c in (("fwd", fwd), ("bwd", bwd)):
+        assert 1 <= c["launches"] <= (2 if batch or pass_ == "bwd" else 1) + (pass_ == "bwd" and batch)
+        assert c["distinct"] >= 0.99 * once[pass_]
+        issued = (c["issued"] + c["torch_bytes"]) / minimal[pass_]
+        assert issued <= bounds[pass_], f"{pass_}: {issued:.3f} x the minimal bytes"
+        assert set(c["torch"]) <= ALLOWED_TORCH, f"{pass_}: torch-side kernels {c['torch']}"
