@@ -40,7 +40,7 @@ def test_quick_sweep_writes_csv_with_expected_columns_and_png(tmp_path, capsys):
 def test_model_bench_times_a_training_step_per_provider(tmp_path):
     rows = _read(run_models([torch.float32], tmp_path, names=["unet"], tiny=True))
     assert list(rows[0]) == MODEL_COLUMNS
-    assert {r["provider"] for r in rows} >= {"torch", "tritonnorm"}
+    assert {r["provider"] for r in rows} >= {"torch", "tritonnorm", "tritonnorm fuse"}
     assert all(float(r["ms_median"]) > 0 for r in rows)
     assert "| unet |" in (tmp_path / "models.md").read_text()
 

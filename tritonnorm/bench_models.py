@@ -6,7 +6,9 @@ small models whose norm layers are ones our users swap:
 * ``vit``    -- a ViT encoder block: LayerNorm, attention, LayerNorm, MLP.
 
 Providers: torch eager, torch.compile, the model after ``tritonnorm.convert``
-(eager), and the converted model under torch.compile.  Without a GPU the inputs
+(eager), the model after ``tritonnorm.convert(fuse=True)`` (each norm -> activation,
+and BatchNorm + residual -> ReLU, one kernel), and both converted models under
+torch.compile.  Without a GPU the inputs
 are tiny, the kernels run under Triton's interpreter, torch.compile is skipped,
 and the numbers are CPU numbers, not GPU numbers.
 """
@@ -83,10 +85,13 @@ MODELS = {
 
 def _variants(model: nn.Module, on_gpu: bool):
     """provider -> a fresh copy of ``model`` as that provider runs it."""
-    out = {"torch": copy.deepcopy(model), "tritonnorm": tritonnorm.convert(copy.deepcopy(model))}
+    out = {"torch": copy.deepcopy(model), "tritonnorm": tritonnorm.convert(copy.deepcopy(model)),
+           "tritonnorm fuse": tritonnorm.convert(copy.deepcopy(model), fuse=True)}
     if on_gpu:
         out["torch.compile"] = torch.compile(copy.deepcopy(model))
         out["tritonnorm+compile"] = torch.compile(tritonnorm.convert(copy.deepcopy(model)))
+        out["tritonnorm fuse+compile"] = torch.compile(
+            tritonnorm.convert(copy.deepcopy(model), fuse=True))
     return out
 
 
