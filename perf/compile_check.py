@@ -136,6 +136,44 @@ def _drive_fused(quick: bool) -> None:
                             TF.layer_norm_quant(x, (k,), w, b, residual=r, dtype=qd, scale=1.0)
 
 
+def _drive_epilogues(quick: bool) -> None:
+    """The CNN-block flags: every activation (ACT), the residual after the norm (ADD_Y)
+    and relu's sign mask (MASK), each way a row is walked, training and eval."""
+    import torch
+    import tritonnorm
+    import tritonnorm.functional as TF
+    from tritonnorm import config
+    acts = [("relu", {}), ("silu", {})] if quick else [
+        ("relu", {}), ("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"}),
+        ("leaky_relu", {"negative_slope": 0.2})]
+    make = [lambda e: tritonnorm.BatchNorm2d(64, **e), lambda e: tritonnorm.GroupNorm(32, 64, **e),
+            lambda e: tritonnorm.InstanceNorm2d(64, affine=True, track_running_stats=True, **e)]
+    dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32, torch.float16]
+    for dtype in dtypes:
+        for tiling in [{}] if quick else [{}, {"max_tile": 256}, {"split": 4}]:
+            for act, kw in acts:
+                e = dict(activation=act, **kw)
+                with config.override(**tiling):
+                    config.clear_cache()
+                    for cl in (False, True):
+                        x, r = (torch.empty(8, 64, 28, 28, dtype=dtype, requires_grad=True)
+                                for _ in "xr")
+                        if cl:
+                            x, r = (t.contiguous(memory_format=torch.channels_last) for t in (x, r))
+                        for m in make:
+                            m = m(e).to(dtype)
+                            for residual in (None, r):
+                                for training in (True, False):
+                                    y = m.train(training)(x, residual)
+                                    y.backward(torch.empty_like(y))
+                    x = torch.empty(8, 768, dtype=dtype, requires_grad=True)
+                    w, b = (torch.empty(768, dtype=dtype, requires_grad=True) for _ in "wb")
+                    y = TF.layer_norm(x, (768,), w, b, **e)
+                    y.backward(torch.empty_like(y))
+                    y, h = TF.add_layer_norm(x, x, (768,), w, b, **e)
+                    torch.autograd.backward((y, h), (torch.empty_like(y), torch.empty_like(h)))
+
+
 def record(path: str, quick: bool, sms: int, norms=None) -> int:
     os.environ["TRITON_INTERPRET"] = "1"
     # Launch configs as on a GPU with `sms` SMs (dispatch's planning knob).
@@ -152,6 +190,8 @@ def record(path: str, quick: bool, sms: int, norms=None) -> int:
     _drive(quick, norms)
     if not norms or "fused" in norms:
         _drive_fused(quick)
+    if not norms or "epilogue" in norms:
+        _drive_epilogues(quick)
     with open(path, "w") as f:
         json.dump([json.loads(k) for k in seen], f)
     return len(seen)
@@ -238,7 +278,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--sms", type=int, default=132, help="SM count the launch configs assume")
     p.add_argument("--quick", action="store_true", help="fp32/bf16, default tiling only")
-    p.add_argument("--norm", action="append", choices=["layer", "rms", "group", "instance", "batch", "fused"],
+    p.add_argument("--norm", action="append",
+                   choices=["layer", "rms", "group", "instance", "batch", "fused", "epilogue"],
                    help="norms to drive (repeatable; default: all)")
     p.add_argument("--record-only", metavar="PATH", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
