@@ -5,7 +5,7 @@
 #   env.txt      GPU, driver, torch and triton versions; the exit status of each stage
 #   pytest.txt   the test suite, compiled for the GPU (CUDA-graph and compile tests included)
 #   bench.txt    the log of the throughput sweep and of the model training steps
-#   bench.tgz    bench.csv, models.csv, host.csv, fused.csv, summary.md, models.md, host.md,
+#   bench.tgz    bench.csv, models.csv, host.csv, fused.csv (epilogues), summary.md, models.md, host.md,
 #                fused.md and one PNG per norm and pass
 #   probe.csv    kernel-only times (CUDA graph replay) of a few norms under config variants
 #   tune.txt     only with STAGES containing "tune": `tritonnorm tune --quick`, and
@@ -60,7 +60,8 @@ if [[ $STAGES == *bench* ]]; then
   mkdir -p "$OUT/bench/kernel_run"
   stage host_kernel_run 60 bench.txt env TRITONNORM_DIRECT_LAUNCH=0 python3 -m tritonnorm bench \
     --suite host --out "$OUT/bench/kernel_run"
-  # The residual add fused into RMSNorm/LayerNorm against torch's add then norm (bf16).
+  # Fused epilogues (GroupNorm+SiLU, BatchNorm+add+ReLU, the residual add of RMSNorm/LayerNorm)
+  # against torch's composition (bf16).
   stage fused 90 bench.txt python3 -m tritonnorm bench --suite fused --dtype bfloat16 \
     --out "$OUT/bench"
   tar czf "$OUT/bench.tgz" -C "$OUT/bench" . && rm -rf "$OUT/bench"

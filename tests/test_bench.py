@@ -1,6 +1,7 @@
 """`tritonnorm bench` on the CPU: a tiny sweep and a tiny model run write their CSVs,
 plots and tables; the report computes speedups the way it says."""
 import csv
+import math
 
 import pytest
 import torch
@@ -112,13 +113,16 @@ def test_fused_suite_writes_csv_table_and_plots(tmp_path, capsys):
     from tritonnorm.bench_fused import run_fused
     rows = _read(run_fused([torch.float32], tmp_path))
     assert list(rows[0]) == COLUMNS
-    assert {r["norm"] for r in rows} == {"add_rms", "add_layer"}
+    assert {r["norm"] for r in rows} == {"add_rms", "add_layer", "gn_silu", "bn_add_relu"}
     assert {r["provider"] for r in rows} >= {"tritonnorm", "torch"}
     assert {r["pass"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
-    # GB/s counts 4 tensors a pass (8 for fwd+bwd), of x's size each.
-    r = next(r for r in rows if r["pass"] == "fwd+bwd")
-    s = 16 * 64 * 4
-    assert float(r["gbps"]) == pytest.approx(8 * s / float(r["ms_median"]) / 1e6, rel=1e-3)
+    # GB/s counts 4 tensors a pass (8 for fwd+bwd), of x's size each, for the residual add;
+    # the norm's 5 and the residual and its gradient for BatchNorm + add + ReLU.
+    for norm, shape, n in (("add_rms", (16, 64), 8), ("bn_add_relu", (2, 8, 4, 4), 7)):
+        r = next(r for r in rows if r["pass"] == "fwd+bwd" and r["norm"] == norm)
+        s = 4 * math.prod(shape)
+        assert float(r["gbps"]) == pytest.approx(n * s / float(r["ms_median"]) / 1e6, rel=1e-3)
+    assert {r["layout"] for r in rows if r["norm"] == "gn_silu"} == {"nhwc"}
     assert "| add_rms | fwd |" in (tmp_path / "fused.md").read_text()
     assert (tmp_path / "add_rms_fwd.png").stat().st_size > 0
     assert f"wrote {tmp_path / 'fused.md'}" in capsys.readouterr().out
