@@ -347,8 +347,8 @@ def row_norm_fwd(
                             offs, mask, y = _y_tile(
                                 H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr,
                                 t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3,
-                                slope, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0, False,
-                                False, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                slope_hi, slope_lo, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0,
+                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                             amax = tl.maximum(amax, _tile_amax(y, mask))
                     scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):

@@ -11,8 +11,10 @@ import tritonnorm
 from blocks import ResnetBlock2D, resnet_stage
 
 
-def _fused(report):
-    return {s.name: s.after for s in report if s.after.startswith("fused")}
+def _fuse(ref):
+    """convert(fuse=True) of a copy of ``ref``: (model, {norm name: what was fused in})."""
+    model, report = tritonnorm.convert(copy.deepcopy(ref), fuse=True, return_report=True)
+    return model, {s.name: s.after for s in report if s.after.startswith("fused")}
 
 
 def _assert_same_step(model, ref, args, training=True):
@@ -38,8 +40,8 @@ def _assert_same_step(model, ref, args, training=True):
 def test_resnet_blocks(layout, device):
     torch.manual_seed(0)
     ref = resnet_stage().to(device)
-    model, report = tritonnorm.convert(copy.deepcopy(ref), fuse=True, return_report=True)
-    assert _fused(report) == {
+    model, fused = _fuse(ref)
+    assert fused == {
         "0.bn1": "fused: activation='relu'", "0.bn2": "fused: activation='relu', residual",
         "1.bn1": "fused: activation='relu'", "1.bn2": "fused: activation='relu'",
         "1.bn3": "fused: activation='relu', residual"}
@@ -57,8 +59,8 @@ def test_resnet_blocks(layout, device):
 def test_diffusers_resnet_block(device):
     torch.manual_seed(0)
     ref = ResnetBlock2D(8, 16).to(device)
-    model, report = tritonnorm.convert(copy.deepcopy(ref), fuse=True, return_report=True)
-    assert _fused(report) == {"norm1": "fused: activation='silu'",
+    model, fused = _fuse(ref)
+    assert fused == {"norm1": "fused: activation='silu'",
                               "norm2": "fused: activation='silu'"}
     _assert_same_step(model, ref, [torch.randn(2, 8, 6, 6, device=device),
                                    torch.randn(2, 16, device=device)])
@@ -104,8 +106,8 @@ class FunctionalActs(nn.Module):
 def test_functional_and_module_activation_spellings(device):
     torch.manual_seed(0)
     ref = FunctionalActs().to(device)
-    model, report = tritonnorm.convert(copy.deepcopy(ref), fuse=True, return_report=True)
-    assert _fused(report) == {
+    model, fused = _fuse(ref)
+    assert fused == {
         "bn": "fused: activation='relu'", "gn": "fused: activation='relu'",
         "inorm": "fused: activation='relu'", "ln": "fused: activation='gelu'",
         "bn2": "fused: activation='leaky_relu', negative_slope=0.2",
@@ -129,8 +131,8 @@ class SharedNorm(nn.Module):
 
 def test_norms_with_other_users_are_left_unfused(device):
     ref = SharedNorm().to(device)
-    model, report = tritonnorm.convert(copy.deepcopy(ref), fuse=True, return_report=True)
-    assert _fused(report) == {}
+    model, fused = _fuse(ref)
+    assert fused == {}
     _assert_same_step(model, ref, [torch.randn(3, 4, 5, device=device)])
 
 

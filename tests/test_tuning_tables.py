@@ -1,6 +1,5 @@
 """Tuning tables: written atomically, loaded once, never crash when corrupt or foreign."""
 import json
-import warnings
 
 import pytest
 import torch
