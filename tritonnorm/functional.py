@@ -149,6 +149,8 @@ def _epilogue(x: Tensor, view, residual: Optional[Tensor]):
 
 def _norm_epilogue(x, weight, bias, view, spec, eps, residual, act: Optional[Act], **kw):
     """row_norm with the epilogue act(norm(x) + residual), fused where it can be."""
+    if residual is None:
+        return row_norm(x, weight, bias, view, spec, eps, act=act, **kw)
     post, outside = _epilogue(x, view, residual)
     if outside:
         out = row_norm(x, weight, bias, view, spec, eps, **kw)

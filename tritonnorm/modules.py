@@ -40,6 +40,8 @@ class Activated:
 
     def act(self):
         """The parsed activation (activation.Act), or None."""
+        if self.activation is None:
+            return None
         return activations.parse(self.activation, self.negative_slope, self.approximate)
 
     def epilogue(self) -> dict:
@@ -55,6 +57,8 @@ class LayerNorm(Activated, nn.LayerNorm):
         if residual is not None:
             return TF.add_layer_norm(input, residual, self.normalized_shape, self.weight,
                                      self.bias, self.eps, **self.epilogue())
+        if self.activation is None:   # torch's call: no keywords to pass (host time)
+            return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
         return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                              **self.epilogue())
 
@@ -83,6 +87,8 @@ class RMSNorm(nn.RMSNorm):
 class GroupNorm(Activated, nn.GroupNorm):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """act(group_norm(input) + residual)."""
+        if self.activation is None and residual is None:   # torch's call (host time)
+            return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
         return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                              residual=residual, **self.epilogue())
 
@@ -105,12 +111,14 @@ def _instance_forward(self, input: Tensor, residual: Optional[Tensor] = None) ->
     x = input.unsqueeze(0) if unbatched else input
     if unbatched and residual is not None:
         residual = residual.unsqueeze(0)
+    # The epilogue keywords only when there is one: host time.
+    epilogue = {} if self.activation is None and residual is None else dict(
+        residual=residual, **self.epilogue())
     y = TF.instance_norm(
         x, self.running_mean, self.running_var, self.weight, self.bias,
         self.training or not self.track_running_stats,
         # torch passes 0.0 for momentum=None: InstanceNorm keeps no cumulative average.
-        self.momentum if self.momentum is not None else 0.0, self.eps,
-        residual=residual, **self.epilogue())
+        self.momentum if self.momentum is not None else 0.0, self.eps, **epilogue)
     return y.squeeze(0) if unbatched else y
 
 

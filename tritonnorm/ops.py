@@ -156,8 +156,9 @@ class EagerNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, post, call):
         view, spec, eps, stats, running, with_stats, act = call
         mean, var = stats if stats is not None else (None, None)
-        mask = sign_mask(x, post, act)
-        mask = mask if mask.numel() else None
+        mask = None   # the sign mask: relu / leaky_relu after a residual (sign_mask)
+        if post is not None and act is not None and act.maskable and x.numel():
+            mask = torch.empty_like(x, dtype=torch.bool)
         y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
                                     act=act, post=post, mask=mask)
         # With an activation the backward recomputes z: from the bias and the residual, or
