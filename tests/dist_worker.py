@@ -132,8 +132,34 @@ def second_order(rank, world):
     return dict(dx=x.grad, dw=m.weight.grad, db=m.bias.grad, tangent=tangent)
 
 
+# (activation, residual) cases of the epilogue job: the sign mask, the residual read
+# again in the backward, an activation alone.
+EPILOGUES = [("relu", True), ("silu", True), ("gelu", False)]
+
+
+def sync_epilogue(rank, world):
+    """act(sync_batch_norm(x) + r) for each EPILOGUES case and split: per-rank y, dx, dr."""
+    import tritonnorm
+    out = {}
+    for act, residual in EPILOGUES:
+        for split in ("uneven", "one-empty"):
+            sizes = SPLITS[world][split]
+            m = tritonnorm.SyncBatchNorm(3, activation=act)
+            with torch.no_grad():
+                m.weight.copy_(torch.tensor([0.5, 1.0, 1.5]))
+                m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+            x, dy = (_slice(t, sizes, rank) for t in global_batch(0))
+            r = _slice(global_batch(1)[0], sizes, rank)
+            x, r = x.clone().requires_grad_(), r.clone().requires_grad_(residual)
+            y = m(x, r if residual else None)
+            y.backward(dy)
+            out[(act, split)] = dict(y=y.detach(), dx=x.grad, dr=r.grad, dw=m.weight.grad,
+                                     db=m.bias.grad, mean=m.running_mean, var=m.running_var)
+    return out
+
+
 JOBS = {f.__name__: f for f in (sync_vs_batchnorm, count_collectives, subgroup, ddp_training,
-                                 second_order)}
+                                 second_order, sync_epilogue)}
 
 
 def run(rank, world, port, job, out_dir):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 
 import dist_worker
 import tritonnorm
@@ -79,6 +80,36 @@ def test_sync_batchnorm_matches_batchnorm_on_the_full_batch(world, tmp_path):
                     torch.testing.assert_close(g["mean"], want["mean"], **close, msg=where)
                     torch.testing.assert_close(g["var"], want["var"], **close, msg=where)
                     assert int(g["nbt"]) == step + 1
+
+
+def test_activation_and_residual_epilogues_over_two_ranks(tmp_path):
+    """act(bn(x) + r) over the global batch: outputs, the gradients of x, r, weight and
+    bias, and the running statistics, with an uneven split and an empty rank."""
+    ranks = spawn("sync_epilogue", 2, tmp_path)
+    close = dict(atol=2e-5, rtol=2e-5)
+    for act, residual in dist_worker.EPILOGUES:
+        bn = nn.BatchNorm2d(3)
+        with torch.no_grad():
+            bn.weight.copy_(torch.tensor([0.5, 1.0, 1.5]))
+            bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        (x, dy), r = global_batch(0), global_batch(1)[0]
+        x, r = x.requires_grad_(), r.requires_grad_(residual)
+        z = bn(x) + r if residual else bn(x)
+        y = getattr(F, act)(z)
+        y.backward(dy)
+        for split in ("uneven", "one-empty"):
+            got = [rank[(act, split)] for rank in ranks]
+            where = f"{act}/{split}"
+            torch.testing.assert_close(torch.cat([g["y"] for g in got]), y.detach(), **close, msg=where)
+            torch.testing.assert_close(torch.cat([g["dx"] for g in got]), x.grad, **close, msg=where)
+            if residual:
+                torch.testing.assert_close(torch.cat([g["dr"] for g in got]), r.grad, **close,
+                                           msg=where)
+            torch.testing.assert_close(sum(g["dw"] for g in got), bn.weight.grad, **close, msg=where)
+            torch.testing.assert_close(sum(g["db"] for g in got), bn.bias.grad, **close, msg=where)
+            for g in got:
+                torch.testing.assert_close(g["mean"], bn.running_mean, **close, msg=where)
+                torch.testing.assert_close(g["var"], bn.running_var, **close, msg=where)
 
 
 def test_one_collective_forward_one_backward_none_in_eval_and_no_host_sync(tmp_path):
