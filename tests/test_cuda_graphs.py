@@ -10,12 +10,15 @@ import tritonnorm
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
-def test_captured_training_step_replays_like_eager():
+@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fuse"])
+def test_captured_training_step_replays_like_eager(fuse):
+    """With fuse=True the BatchNorm takes the ReLU and the GroupNorm the SiLU."""
     torch.manual_seed(0)
     model = tritonnorm.convert(nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=None), nn.ReLU(),
-        nn.GroupNorm(4, 8), nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
-        nn.Flatten(), nn.LayerNorm(8 * 8 * 8), nn.Linear(512, 16), nn.RMSNorm(16))).cuda()
+        nn.GroupNorm(4, 8), nn.SiLU(), nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+        nn.Flatten(), nn.LayerNorm(8 * 8 * 8), nn.Linear(512, 16), nn.RMSNorm(16)),
+        fuse=fuse).cuda()
     eager = copy.deepcopy(model)
     x = torch.randn(4, 3, 8, 8, device="cuda")
     # Warm up on a side stream (kernels compile here, outside the capture).
