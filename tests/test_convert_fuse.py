@@ -165,3 +165,16 @@ def test_the_original_model_is_left_unfused(device):
     assert original.norm1.activation is None
     _assert_same_step(original, ref, [torch.randn(2, 8, 4, 4, device=device),
                                       torch.randn(2, 16, device=device)])
+
+
+def test_fuse_with_sync_batchnorm(device):
+    """sync_batchnorm=True and fuse=True together: the SyncBatchNorms take the epilogues
+    (without a process group they normalise the local batch, as BatchNorm)."""
+    torch.manual_seed(0)
+    ref = resnet_stage().to(device)
+    model, report = tritonnorm.convert(copy.deepcopy(ref), sync_batchnorm=True, fuse=True,
+                                       return_report=True)
+    fused = {s.name for s in report if s.after.startswith("fused")}
+    assert fused == {"0.bn1", "0.bn2", "1.bn1", "1.bn2", "1.bn3"}
+    assert type(model.get_submodule("0.bn2")) is tritonnorm.SyncBatchNorm
+    _assert_same_step(model, ref, [torch.randn(2, 8, 8, 8, device=device)])
