@@ -103,6 +103,15 @@ def _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE: tl.constexpr, HAS_W: t
 
 
 @triton.jit
+def _store_dz(DR_ptr, offs, mask, dz, PHASE: tl.constexpr, ADD_Y: tl.constexpr):
+    """The partials pass (PHASE 1) of a residual epilogue stores dz, the residual's
+    gradient, as it goes: the merge pass then reads dz back as its dy (with ACT 0), not
+    dy and the residual (or the mask) again."""
+    if PHASE == 1 and ADD_Y:
+        tl.store(DR_ptr + offs, dz.to(DR_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE: tl.constexpr,
                ACC: tl.constexpr, BLOCK_G: tl.constexpr):
     """Row block rb (see row_block) and its saved mean and rstd, shaped for the tile."""
@@ -213,7 +222,8 @@ def row_norm_bwd(
 
     Activation epilogue (ACT): the forward returned act(z), z = xhat * w + b [+ residual]
     (ADD_Y), so every dy above is dz = dy * act'(z) (_grad_z), and dz is also the
-    residual's gradient, stored beside dx."""
+    residual's gradient, stored beside dx -- or, where rows are split, by the partials
+    pass, whose dz the merge pass then takes as its dy (_store_dz)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     p = tl.program_id(1)
@@ -268,6 +278,7 @@ def row_norm_bwd(
             elif RESIDENT:
                 a1 = sum_js(w * dy * xhat)
                 a2 = sum_js(w * dy)
+                _store_dz(DR_ptr, offs, mask, dy, PHASE, ADD_Y)
             else:
                 l1 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                 l2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
@@ -278,6 +289,7 @@ def row_norm_bwd(
                         W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
+                    _store_dz(DR_ptr, offs, mask, dy, PHASE, ADD_Y)
                 a1 = sum_js(l1)
                 a2 = sum_js(l2)
             if PHASE == 1:

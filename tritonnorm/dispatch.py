@@ -277,6 +277,8 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
         main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
     else:
         part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags)
+        if epi[1]:   # the partials pass stored dz (the residual's gradient): the merge reads it
+            flags = (has_dres, False, (0, False, False))
         main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
                            *flags)
     plan = _Backward(main, part, dwb_slots(view, spec, cfg, nprog), cw, float(view.Cg * view.S))
@@ -317,7 +319,8 @@ def _plan(x, view, spec, weight, need_dwb, fixed, n_part, has_dres, epi) -> _Bac
 
 def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
                       epi: Optional[Epilogue] = None):
-    """Per-program (sum w*dz*xhat, sum w*dz) of every row: shape (rows, SPLIT, 2)."""
+    """Per-program (sum w*dz*xhat, sum w*dz) of every row: shape (rows, SPLIT, 2); with a
+    residual epilogue, dz itself goes to ``epi.dr`` (row_backward's merge pass reads it)."""
     plan = _plan(x, view, spec, weight, False, False, 0, False, epi)
     L = plan.partials
     part = torch.empty(view.rows, L.cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
@@ -354,6 +357,9 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
             partials = torch.empty(view.rows, plan.partials.cfg.SPLIT, 2, dtype=acc_dtype(x),
                                    device=x.device)
             _bwd(plan.partials, x, dy, x, weight, mean, rstd, partials, None, 1.0, 0.0, epi=epi)
+        if epi is not None and epi.dr is not None:
+            # The partials pass (here, or backward_partials' for SyncBatchNorm) wrote dz.
+            dy, epi = epi.dr, None
         _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres, epi)
     if dwb is None:
         return dx, None, None
