@@ -103,11 +103,12 @@ def _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE: tl.constexpr, HAS_W: t
 
 
 @triton.jit
-def _store_dz(DR_ptr, offs, mask, dz, PHASE: tl.constexpr, ADD_Y: tl.constexpr):
-    """The partials pass (PHASE 1) of a residual epilogue stores dz, the residual's
-    gradient, as it goes: the merge pass then reads dz back as its dy (with ACT 0), not
-    dy and the residual (or the mask) again."""
-    if PHASE == 1 and ADD_Y:
+def _store_dz(DR_ptr, offs, mask, dz, ADD_Y: tl.constexpr):
+    """The first walk over a row (the partials pass, PHASE 1, or the sums walk of PHASE 0)
+    of a residual epilogue stores dz, the residual's gradient, as it goes: the last walk
+    then reads dz back as its dy (with ACT 0), not dy and the residual (or the mask)
+    again."""
+    if ADD_Y:
         tl.store(DR_ptr + offs, dz.to(DR_ptr.dtype.element_ty), mask=mask)
 
 
@@ -278,7 +279,8 @@ def row_norm_bwd(
             elif RESIDENT:
                 a1 = sum_js(w * dy * xhat)
                 a2 = sum_js(w * dy)
-                _store_dz(DR_ptr, offs, mask, dy, PHASE, ADD_Y)
+                if PHASE == 1:
+                    _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
             else:
                 l1 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                 l2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
@@ -289,7 +291,7 @@ def row_norm_bwd(
                         W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
-                    _store_dz(DR_ptr, offs, mask, dy, PHASE, ADD_Y)
+                    _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
                 a1 = sum_js(l1)
                 a2 = sum_js(l2)
             if PHASE == 1:
@@ -315,14 +317,20 @@ def row_norm_bwd(
                 else:
                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                    if PHASE == 0 and ADD_Y:
+                        # dz of this row was stored by the sums walk, by other threads of
+                        # this program: a barrier makes it visible before it is read back.
+                        tl.debug_barrier()
                     for t in range(t0, t1):
                         offs, mask, g, j, xt, dy, w = _tile(
-                            X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN,
-                            sG, sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED,
-                            CENTER, W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J,
-                            BLOCK_S)
+                            X_ptr, DR_ptr if PHASE == 0 and ADD_Y else DY_ptr, W_ptr, B_ptr, R_ptr,
+                            Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean,
+                            rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
+                            0 if PHASE == 0 and ADD_Y else ACT, ADD_Y, MASK, ACC, BLOCK_G,
+                            BLOCK_J, BLOCK_S)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
-                        _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
+                        _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES,
+                                  ADD_Y and PHASE != 0)
                         if NEED_DWB:
                             lw += dy * xhat
                             lb += dy
