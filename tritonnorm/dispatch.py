@@ -299,6 +299,22 @@ class Epilogue(NamedTuple):
     def flags(self) -> tuple:
         return (self.act.code, self.dr is not None, self.mask is not None)
 
+    @classmethod
+    def of(cls, act, x, bias, has_post: bool, post=None, mask=None) -> Optional["Epilogue"]:
+        """A backward's Epilogue, the residual's gradient allocated where there is a
+        residual; None without an activation (the residual's gradient is then dy)."""
+        if act is None:
+            return None
+        return cls(act, bias, post, mask, torch.empty_like(x) if has_post else None)
+
+
+def sign_mask(x: torch.Tensor, post, act) -> Optional[torch.Tensor]:
+    """The sign mask of z (bool, x's layout) for relu / leaky_relu after a residual: the
+    backward then needs neither z nor the residual.  None otherwise."""
+    if post is not None and act is not None and act.maskable and x.numel():
+        return torch.empty_like(x, dtype=torch.bool)
+    return None
+
 
 def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None,
          epi: Optional[Epilogue] = None):

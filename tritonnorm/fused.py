@@ -49,7 +49,7 @@ class AddNorm(torch.autograd.Function):
         dres = None if dh is None else match_layout(dh, view)
         dx, dw, db = row_backward(h, match_layout(dy, view), view, spec, weight, mean, rstd,
                                   need_dw, need_db, eps=eps, dres=dres,
-                                  epi=None if act is None else Epilogue(act, bias))
+                                  epi=Epilogue.of(act, h, bias, False))
         return dx if need[0] else None, dx if need[1] else None, dw, db, None
 
 

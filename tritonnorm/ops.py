@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import composite
 from .activation import Act
-from .dispatch import Epilogue, acc_dtype, row_backward, row_forward
+from .dispatch import Epilogue, acc_dtype, row_backward, row_forward, sign_mask
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout, out_like
 
 SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH, RMS_CAST]
@@ -46,20 +46,16 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
     a = Act(act, slope) if act else None
     mask = sign_mask(x, post, a)
     y, mean, rstd = row_forward(x, _view(geom, fmt), SPECS[spec], weight, bias, eps,
-                                stat_mean, stat_var, running, act=a, post=post,
-                                mask=mask if mask.numel() else None)
+                                stat_mean, stat_var, running, act=a, post=post, mask=mask)
     if stat_mean is not None:
         mean = x.new_empty(0, dtype=acc_dtype(x))
         rstd = x.new_empty(0, dtype=acc_dtype(x))
-    return y, mean, rstd, new_rm, new_rv, mask
+    return y, mean, rstd, new_rm, new_rv, _mask_out(x, mask)
 
 
-def sign_mask(x: Tensor, post: Optional[Tensor], act: Optional[Act]) -> Tensor:
-    """The sign mask of z: saved for relu / leaky_relu after a residual (the backward then
-    needs neither z nor the residual); empty otherwise."""
-    if post is not None and act is not None and act.maskable and x.numel():
-        return torch.empty_like(x, dtype=torch.bool)
-    return x.new_empty(0, dtype=torch.bool)
+def _mask_out(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """The mask as a custom-op output: empty where there is none."""
+    return x.new_empty(0, dtype=torch.bool) if mask is None else mask
 
 
 @norm_fwd.register_fake
@@ -68,7 +64,7 @@ def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_var, running_mean, 
     rows = 0 if stat_mean is not None else geom[0] * geom[1]
     y = out_like(x, _view(geom, fmt), SPECS[spec])
     stats = [x.new_empty(rows, dtype=acc_dtype(x)) for _ in range(2)]
-    mask = sign_mask(x, post, Act(act, slope) if act else None)
+    mask = _mask_out(x, sign_mask(x, post, Act(act, slope) if act else None))
     if running_mean is None:
         return y, *stats, x.new_empty(0), x.new_empty(0), mask
     return y, *stats, torch.empty_like(running_mean), torch.empty_like(running_var), mask
@@ -92,11 +88,8 @@ def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd
 def _epilogue(x, bias, post, mask, act, slope) -> Optional[Epilogue]:
     """The backward's Epilogue, its residual gradient allocated (none without an
     activation: then the residual's gradient is dy itself)."""
-    if not act:
-        return None
     mask = mask if mask is not None and mask.numel() else None
-    return Epilogue(Act(act, slope), bias, post, mask,
-                    None if post is None else torch.empty_like(x))
+    return Epilogue.of(Act(act, slope) if act else None, x, bias, post is not None, post, mask)
 
 
 @norm_bwd.register_fake
@@ -156,9 +149,7 @@ class EagerNorm(torch.autograd.Function):
     def forward(ctx, x, weight, bias, post, call):
         view, spec, eps, stats, running, with_stats, act = call
         mean, var = stats if stats is not None else (None, None)
-        mask = None   # the sign mask: relu / leaky_relu after a residual (sign_mask)
-        if post is not None and act is not None and act.maskable and x.numel():
-            mask = torch.empty_like(x, dtype=torch.bool)
+        mask = sign_mask(x, post, act)
         y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
                                     act=act, post=post, mask=mask)
         # With an activation the backward recomputes z: from the bias and the residual, or
@@ -193,9 +184,7 @@ class EagerNorm(torch.autograd.Function):
         need_dw = weight is not None and need[1]
         need_db = bias is not None and need[2]
         dy = match_layout(dy, view)
-        epi = None
-        if act is not None:
-            epi = Epilogue(act, bias, post, mask, torch.empty_like(x) if has_post else None)
+        epi = Epilogue.of(act, x, bias, has_post, post, mask)
         dx, dw, db = row_backward(x, dy, view, spec, weight, mean, rstd,
                                   need_dw, need_db, stats is not None, eps=eps, epi=epi)
         dpost = None

@@ -28,9 +28,8 @@ from . import functional as TF
 from .activation import compose
 from ._runtime import use_triton
 from .dispatch import (Epilogue, acc_dtype, backward_partials, forward_partials, row_backward,
-                       row_forward)
+                       row_forward, sign_mask)
 from .modules import Activated, batch_step
-from .ops import sign_mask
 from .spec import BATCH, batch_layout, match_layout
 
 
@@ -66,7 +65,6 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if post is not None:
             post = match_layout(post, view)
         mask = sign_mask(x, post, act)
-        mask = mask if mask.numel() else None
         local = _local_stats(x, view, c)
         world = dist.get_world_size(group)
         gathered = torch.empty(world * c, 3, dtype=local.dtype, device=local.device)
@@ -78,8 +76,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
             running = (running_mean, running_var, momentum, tracked)
         y, mean, rstd = row_forward(x, view, BATCH, weight, bias, eps, running=running,
                                     partials=partials, act=act, post=post, mask=mask)
-        ctx.save_for_backward(x, weight, mean, rstd, count, post)
+        # The residual recomputes z for the backward, unless the sign mask stands in for it.
+        ctx.save_for_backward(x, weight, mean, rstd, count,
+                              post if act is not None and mask is None else None)
         ctx.view, ctx.group, ctx.bias, ctx.eps, ctx.act, ctx.mask = view, group, bias, eps, act, mask
+        ctx.has_post = post is not None
         return y
 
     @staticmethod
@@ -87,17 +88,18 @@ class SyncBatchNormFunction(torch.autograd.Function):
         x, weight, mean, rstd, count, post = ctx.saved_tensors
         act = ctx.act
         if torch.is_grad_enabled():   # create_graph=True: differentiable gradients
+            if ctx.has_post and post is None:
+                raise RuntimeError("tritonnorm: no double backward through a relu/leaky_relu "
+                                   "residual epilogue (its residual is not saved)")
+
             def forward(x, w, b, r=None):
                 return composite_forward(x, w, b, ctx.eps, ctx.group, act=act, post=r)
             grads = composite.grads_of(forward, x, weight, ctx.bias, dy, ctx.needs_input_grad[:3]
                                        + ctx.needs_input_grad[9:10], post, act is not None)
-            return grads[:3] + (None,) * 6 + ((grads[3] if post is not None else None), None)
+            return grads[:3] + (None,) * 6 + ((grads[3] if ctx.has_post else None), None)
         view = ctx.view
         dy = match_layout(dy, view)
-        epi = None
-        if act is not None:
-            epi = Epilogue(act, ctx.bias, post, ctx.mask,
-                           None if post is None else torch.empty_like(x))
+        epi = Epilogue.of(act, x, ctx.bias, ctx.has_post, post, ctx.mask)
         if x.numel():
             sums = backward_partials(x, dy, view, BATCH, weight, mean, rstd, epi).sum(1)
         else:
@@ -109,7 +111,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
                                   need_db and ctx.bias is not None, partials=sums, count=1.0,
                                   epi=epi)
         dpost = None
-        if post is not None and ctx.needs_input_grad[9]:
+        if ctx.has_post and ctx.needs_input_grad[9]:
             dpost = dy if epi is None else epi.dr
         return (dx if need_dx else None), dw, db, None, None, None, None, None, None, dpost, None
 
