@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import tritonnorm.config as config  # noqa: E402
+from tritonnorm import tables  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -53,3 +54,12 @@ def tiling(request):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh, empty tuning-table cache directory (TRITONNORM_CACHE_DIR) for one test."""
+    monkeypatch.setenv("TRITONNORM_CACHE_DIR", str(tmp_path))
+    tables.device_table.cache_clear()
+    yield tmp_path
+    tables.device_table.cache_clear()

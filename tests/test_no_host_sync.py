@@ -33,7 +33,7 @@ def test_forward_and_backward_never_sync_with_the_host(name, split, training, la
 
 def test_the_probe_sees_a_sync():
     """The spy is live: a .item() from tritonnorm's own code is recorded."""
-    from tritonnorm.check import _scaled_err
+    from tritonnorm.tools.check import _scaled_err
     with host_syncs() as syncs:
         _scaled_err(torch.ones(2), torch.ones(2))  # ends in .item()
     assert [s[0] for s in syncs] == ["item"]

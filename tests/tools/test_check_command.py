@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tritonnorm.check import run_check
+from tritonnorm.tools.check import run_check
 
 
 def test_check_passes_and_prints_a_row_per_norm(capsys):

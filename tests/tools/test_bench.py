@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from tritonnorm.bench import COLUMNS, run_bench
-from tritonnorm.bench_models import COLUMNS as MODEL_COLUMNS, run_models
-from tritonnorm.bench_report import summary
+from tritonnorm.tools.bench import COLUMNS, run_bench
+from tritonnorm.tools.bench_models import COLUMNS as MODEL_COLUMNS, run_models
+from tritonnorm.tools.report import summary
 
 
 def _read(path):
@@ -61,7 +61,7 @@ def test_summary_reports_geomean_speedup_against_each_reference():
 
 
 def test_host_bench_times_every_pass_of_a_case_against_torch(tmp_path):
-    from tritonnorm.bench_host import COLUMNS as HOST_COLUMNS, run_host
+    from tritonnorm.tools.bench_host import COLUMNS as HOST_COLUMNS, run_host
     rows = _read(run_host(tmp_path, cases=["layer", "batch eval"], calls=3, rounds=1))
     assert list(rows[0]) == HOST_COLUMNS
     assert [(r["case"], r["pass"]) for r in rows] == [
@@ -77,7 +77,7 @@ def test_host_bench_times_every_pass_of_a_case_against_torch(tmp_path):
 def test_host_bench_stubs_launches_only_inside_its_timing():
     import triton.runtime.interpreter as interp
     from tritonnorm import dispatch
-    from tritonnorm.bench_host import _no_launches
+    from tritonnorm.tools.bench_host import _no_launches
     before = interp.InterpretedFunction.run, dispatch._run_fwd
     with _no_launches():
         assert interp.InterpretedFunction.run is not before[0]
@@ -99,7 +99,7 @@ def test_every_cli_option_states_its_default():
     """`--help` of each command names each option's default (or says it takes none)."""
     import re
 
-    from tritonnorm.__main__ import build_parser
+    from tritonnorm.tools.cli import build_parser
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, command in sub.choices.items():
@@ -110,7 +110,7 @@ def test_every_cli_option_states_its_default():
 
 
 def test_fused_suite_writes_csv_table_and_plots(tmp_path, capsys):
-    from tritonnorm.bench_fused import run_fused
+    from tritonnorm.tools.bench_fused import run_fused
     rows = _read(run_fused([torch.float32], tmp_path))
     assert list(rows[0]) == COLUMNS
     assert {r["norm"] for r in rows} == {"add_rms", "add_layer", "gn_silu", "bn_add_relu"}

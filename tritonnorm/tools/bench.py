@@ -26,7 +26,7 @@ import triton
 
 import tritonnorm
 
-from .bench_report import plot, summary
+from .report import plot, summary
 
 BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 

@@ -12,8 +12,8 @@ import time
 import torch
 import triton
 
-from . import config, functional as TF, tables
-from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
+from .. import config, functional as TF, tables
+from ..spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, row_layout
 
 # norm -> (spec, input shapes, parameter count of a shape, call, view of an input)
 GRID = {
