@@ -114,6 +114,7 @@ def _drive_fused(quick: bool) -> None:
     import torch
     import tritonnorm.functional as TF
     from tritonnorm import config
+    from tritonnorm.front import norm_rows
     from tritonnorm.spec import RMS_CAST
     dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32, torch.float16]
     for shape in [(8, 768)] if quick else [(8, 768), (4, 16384), (3, 100)]:
@@ -125,7 +126,7 @@ def _drive_fused(quick: bool) -> None:
                     w, b = (torch.empty(k, dtype=dtype, requires_grad=True) for _ in "wb")
                     for y, h in (TF.add_layer_norm(x, r, (k,), w, b), TF.add_rms_norm(x, r, (k,), w)):
                         torch.autograd.backward((y, h), (torch.empty_like(y), torch.empty_like(h)))
-                    y = TF.rms_norm_of(RMS_CAST, x, (k,), w, 1e-6)
+                    y = norm_rows(RMS_CAST, x, (k,), w, None, 1e-6)
                     y.backward(torch.empty_like(y))
                     q = torch.empty(shape[0], 3 * k, dtype=dtype, requires_grad=True)[:, :k]
                     for y in (TF.layer_norm(q, (k,), w, b), TF.rms_norm(q, (k,), w)):   # Y_STRIDED

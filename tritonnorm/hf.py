@@ -21,6 +21,7 @@ from typing import Dict, Optional
 import torch.nn as nn
 
 from . import functional as TF
+from .front import norm_rows, torch_path
 from .spec import RMS_CAST
 
 # "transformers.models.<model>.modeling_<model>.<Class>" -> (family, eps attribute)
@@ -43,14 +44,14 @@ def qualname(cls: type) -> str:
 def _cast_forward(self, hidden_states):
     base = type(self).__mro__[1]
     w = self.weight
-    if w.dtype != hidden_states.dtype or TF._torch_path(hidden_states):
+    if w.dtype != hidden_states.dtype or torch_path(hidden_states):
         return base.forward(self, hidden_states)
-    return TF.rms_norm_of(RMS_CAST, hidden_states, (w.shape[-1],), w, self.variance_epsilon)
+    return norm_rows(RMS_CAST, hidden_states, (w.shape[-1],), w, None, self.variance_epsilon)
 
 
 def _offset_forward(self, x):
     base = type(self).__mro__[1]
-    if TF._torch_path(x):
+    if torch_path(x):
         return base.forward(self, x)
     return TF.rms_norm(x, (self.weight.shape[-1],), self.weight, self.eps, offset=1.0)
 

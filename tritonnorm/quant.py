@@ -7,7 +7,9 @@ cast) and stored in the one kernel pass that computes y: y itself never reaches
 memory.  ``scale=None`` makes a dynamic scale per row, amax(|y|) / qmax (fp32,
 shape ``[*, 1]``: a 1 per normalised dim, so ``q * scale`` broadcasts); a given
 scale is a static per-tensor one.  A residual fuses
-h = x + residual in front, as add_rms_norm does, and h is returned too.
+h = x + residual in front, as add_rms_norm does, and h is returned too.  With no
+autograd node to build, the eager call is one launch, straight to dispatch; traced
+calls run the same numbers in torch ops (``_composite``).
 """
 import math
 from typing import Optional, Sequence, Union
@@ -17,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checks
-from .fused import add
+from .dispatch import row_forward
+from .front import add, flat, rms_eps, rows, torch_path
+from .paths import tracing
 from .spec import LAYER, RMS
 
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
@@ -93,22 +97,19 @@ def _composite(spec, x, k, normalized_shape, weight, bias, eps, residual, dtype,
 
 
 def _norm_quant(spec, x, normalized_shape, weight, bias, eps, residual, dtype, scale):
-    from . import functional as TF
-    from .dispatch import row_forward
-    from .ops import eager
     scale = _check(x, weight, bias, residual, dtype, scale)
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if spec is RMS:
-        eps = TF.rms_eps(x, eps)
-    if TF._torch_path(x) or not eager(x):
+        eps = rms_eps(x, eps)
+    if torch_path(x) or tracing(x):
         return _composite(spec, x, len(ns), ns, weight, bias, eps, residual, dtype, scale)
-    xv, view = TF._rows(spec, x, normalized_shape, weight, bias)
+    xv, view = rows(spec, x, normalized_shape, weight, bias)
     checks.devices(x, weight, bias, residual)
     r = None if residual is None else residual.to(x.dtype).contiguous()
     h = None if r is None else torch.empty_like(xv)
     out_scale = scale if scale is not None else torch.empty(view.rows, dtype=torch.float32,
                                                             device=x.device)
-    q, _, _ = row_forward(xv, view, spec, TF._flat(weight), TF._flat(bias), eps, residual=r, h=h,
+    q, _, _ = row_forward(xv, view, spec, flat(weight), flat(bias), eps, residual=r, h=h,
                           quant=(dtype, out_scale, scale is None))
     if scale is None:
         out_scale = out_scale.reshape(_scale_shape(x, len(ns)))

@@ -1,4 +1,5 @@
-"""torch.library ops around the row-norm kernels, so torch.compile sees them.
+"""The traced path: torch.library ops around the row-norm kernels, so torch.compile
+and torch.export see them.
 
 ``tritonnorm::norm_fwd`` and ``tritonnorm::norm_bwd`` are custom ops with fake
 (meta) implementations; autograd is registered on norm_fwd, whose backward calls
@@ -7,13 +8,13 @@ nothing, so norm_fwd returns the updated running statistics (computed in the
 same kernel) and ``row_norm`` copies them into the buffers -- an in-place
 buffer update that torch.compile traces like BatchNorm's own.  Specs and views
 travel as plain ints: spec index, memory-format index and the view's 8 numbers.
+The ops' real implementations launch through dispatch, as the eager path does.
 """
 from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import composite
 from .activation import Act
 from .dispatch import Epilogue, acc_dtype, row_backward, row_forward, sign_mask
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout, out_like
@@ -138,116 +139,10 @@ def _backward(ctx, dy, *_):
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-class EagerNorm(torch.autograd.Function):
-    """The eager path: the same launcher as the custom ops (dispatch.row_forward /
-    row_backward), without their dispatch cost, and with the running statistics
-    updated in place by the kernel -- no copy.  ``call`` = (view, spec, eps, stats,
-    running, with_stats) travels as one argument, and the statistics are outputs
-    only when asked for: autograd's apply pays per argument and per output."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, post, call):
-        view, spec, eps, stats, running, with_stats, act = call
-        mean, var = stats if stats is not None else (None, None)
-        mask = sign_mask(x, post, act)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
-                                    act=act, post=post, mask=mask)
-        # With an activation the backward recomputes z: from the bias and the residual, or
-        # the residual's part from the sign mask (relu, leaky_relu).
-        ctx.save_for_backward(x, weight, bias if act else None,
-                              post if act and mask is None else None)
-        # The statistics (and the mask) are this call's own tensors, which nobody else can
-        # modify: no version check needed, so they ride on ctx.
-        ctx.state = (call, mean, rstd, bias, mask, post is not None)   # bias: its shape, dtype
-        if not with_stats:
-            return y
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(mean, rstd)
-        return y, mean, rstd
-
-    @staticmethod
-    def backward(ctx, dy, *_):
-        if dy is None:  # y took no part in the loss
-            return None, None, None, None, None
-        x, weight, _, post = ctx.saved_tensors
-        call, mean, rstd, bias, mask, has_post = ctx.state
-        view, spec, eps, stats = call[:4]
-        act = call[6]
-        need = ctx.needs_input_grad
-        if torch.is_grad_enabled():   # create_graph=True: gradients that are differentiable
-            if has_post and post is None:
-                raise RuntimeError("tritonnorm: no double backward through a relu/leaky_relu "
-                                   "residual epilogue (its residual is not saved)")
-            grads = composite.backward(x, weight, bias, dy, view, spec, eps, stats, need,
-                                       act, post)
-            return grads[:3] + ((grads[3] if has_post else None), None)
-        need_dw = weight is not None and need[1]
-        need_db = bias is not None and need[2]
-        dy = match_layout(dy, view)
-        epi = Epilogue.of(act, x, bias, has_post, post, mask)
-        dx, dw, db = row_backward(x, dy, view, spec, weight, mean, rstd,
-                                  need_dw, need_db, stats is not None, eps=eps, epi=epi)
-        dpost = None
-        if has_post and need[3]:
-            dpost = dy if epi is None else epi.dr
-        return dx if need[0] else None, dw, db, dpost, None
-
-
-def _fast_apply():
-    """EagerNorm.apply less its Python preamble (inspect-free on our forward, but it
-    still unwraps every argument): the C apply, after unwrapping the tensors the
-    way torch does.  Falls back to EagerNorm.apply where torch lacks the pieces."""
-    try:
-        c_apply = super(torch.autograd.Function, EagerNorm).apply
-        unwrap = torch._C._functorch.unwrap_if_dead
-    except AttributeError:
-        return EagerNorm.apply
-
-    def apply(x, weight, bias, post, call):   # row_norm has ruled out functorch transforms
-        return c_apply(unwrap(x), weight if weight is None else unwrap(weight),
-                       bias if bias is None else unwrap(bias),
-                       post if post is None else unwrap(post), call)
-    return apply
-
-
-_apply = _fast_apply()
-
-
-def eager(x: Tensor) -> bool:
-    """True outside tracing: no torch.compile/export, no fake or proxy dispatch mode."""
-    return (not torch.compiler.is_compiling()
-            and torch.utils._python_dispatch._get_current_dispatch_mode() is None
-            and type(x) in (torch.Tensor, torch.nn.Parameter))
-
-
 def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None,
              with_stats=False, act=None, post=None):
-    """Apply the row norm; returns y, or (y, mean, rstd) ``with_stats``.
-
-    ``stats`` (mean, var) are constants to apply (running statistics in eval);
-    ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
-    are updated with the batch statistics (momentum None: cumulative average).
-    ``act`` (activation.Act) and ``post`` (a residual in x's dtype and strides):
-    y = act(norm(x) + post).
-    Eager calls take EagerNorm; traced ones the custom ops, whose running-stat
-    update is functional plus a traced copy_."""
-    if eager(x):
-        if composite.transforming():
-            # torch.func transforms and forward-mode AD: torch ops, differentiated by torch.
-            y, mean, rstd = composite.row_norm(x, weight, bias, view, spec, eps, stats, running,
-                                               act, post)
-            return (y, mean, rstd) if with_stats else y
-        if torch.is_grad_enabled() and (x.requires_grad
-                                        or (weight is not None and weight.requires_grad)
-                                        or (bias is not None and bias.requires_grad)
-                                        or (post is not None and post.requires_grad)):
-            return _apply(x, weight, bias, post,
-                          (view, spec, eps, stats, running, with_stats, act))
-        # Nothing to differentiate (inference): no autograd node, the kernel alone.
-        mean, var = stats if stats is not None else (None, None)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
-                                    act=act, post=post)
-        return (y, mean, rstd) if with_stats else y
+    """paths.row_norm while a trace runs: one norm_fwd call, whose running-statistics
+    update is functional, then a traced in-place copy into the buffers."""
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
     stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)

@@ -1,0 +1,168 @@
+"""The front end that the functional API, the fused add (fused.py) and the quantized
+output (quant.py) share: from a call's arguments to a path.
+
+* Which calls torch.nn.functional serves (``torch_path``): a tensor Triton cannot run
+  on (a CPU tensor without the interpreter), an empty input, a call recorded by
+  torch.jit.trace (TorchScript cannot call Triton).
+* The checks of a row norm's or a GroupNorm's arguments and the [N, G, Cg, S] view
+  they give, memoised per call signature (``rows``, ``group_view``), so a steady-state
+  call pays a dict lookup, not the checks.
+* The small helpers every front end needs: dense parameter vectors (``flat``), the
+  Gemma offset weight, RMSNorm's eps default, x + residual, CUDA autocast's casts.
+* ``norm_rows``: LayerNorm / RMSNorm (either casting order) from checked arguments
+  to ``paths.row_norm``.
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import checks, config
+from ._runtime import use_triton
+from .activation import compose
+from .paths import row_norm
+from .spec import GROUP, LAYER, RMS, RMS_CAST, channel_layout, row_layout
+
+# Ops that CUDA autocast runs in fp32 (torch's autocast op reference).
+_AUTOCAST_FP32 = {"layer_norm", "group_norm"}
+
+
+def autocast(name: str, *tensors):
+    """Cast like torch's CUDA autocast would for op ``name``."""
+    x = tensors[0]
+    if name in _AUTOCAST_FP32 and x.is_cuda and torch.is_autocast_enabled("cuda"):
+        return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)
+    return tensors
+
+
+def jit_tracing() -> bool:
+    """True while torch.jit.trace records: the call then goes to torch's own op."""
+    # torch._C._is_tracing is the cheap call, but dynamo cannot trace it: ask it only
+    # outside torch.compile (where is_compiling() folds to a constant).
+    return not torch.compiler.is_compiling() and torch._C._is_tracing()
+
+
+def torch_path(x: Tensor) -> bool:
+    """Calls that torch.nn.functional serves: see the module docstring."""
+    return jit_tracing() or not use_triton(x) or x.numel() == 0
+
+
+# Checked call signatures -> their views (LayerNorm/RMSNorm, GroupNorm).
+_VIEWS = config.memo()
+
+# Per row norm: torch's names for it (in its dtype error, in its argument errors) and
+# whether torch's parameter-dtype rule applies (RMSNorm takes any mix).
+_ROW_NORMS = {LAYER: ("LayerNormKernelImpl", "layer_norm", True),
+              RMS: ("rms_norm", "rms_norm", False), RMS_CAST: ("rms_norm", "rms_norm", False)}
+
+
+def _meta(p: Optional[Tensor]):
+    return None if p is None else (p.shape, p.dtype)
+
+
+def rows(spec, x: Tensor, normalized_shape, weight, bias, strided: bool = False):
+    """(x made contiguous, its RowView) after the checks of checks.normalized; with
+    ``strided``, x itself where its rows can be read in place (spec.row_layout).  The
+    checks and the view are memoised on what they read, so a steady-state call pays a
+    dict lookup, not the checks."""
+    # Only ints in the key: (3.0,) == (3,) as a dict key, yet torch refuses the float.
+    t = type(normalized_shape)
+    hashable = t is int or (t is tuple and (
+        type(normalized_shape[0]) is int if len(normalized_shape) == 1
+        else all(type(d) is int for d in normalized_shape)))
+    hit = None
+    if hashable:
+        key = (spec, x.shape, x.stride() if strided else None, x.dtype, normalized_shape,
+               _meta(weight), _meta(bias))
+        hit = _VIEWS.get(key)
+    if hit is None:
+        impl, fn, dtype_rule = _ROW_NORMS[spec]
+        checks.float_input(impl, x)
+        if dtype_rule:
+            checks.param_dtypes(x, weight, bias)
+        k = math.prod(checks.normalized(fn, x, normalized_shape, weight, bias))
+        xv, view = row_layout(x, k, strided)
+        if hashable:
+            config.remember(_VIEWS, key, (view, xv is x))
+        return xv, view
+    view, as_is = hit   # as_is holds for x's strides, keyed only when strided
+    return (x if as_is and strided else x.contiguous()), view
+
+
+def group_view(x: Tensor, num_groups: int, weight, bias):
+    """(view, dense) of a GroupNorm call after its checks, memoised like ``rows``;
+    ``dense``: x is addressed as it is (else it is made contiguous first)."""
+    checks.integer("group_norm", "num_groups", 2, num_groups)   # before the key: 2.0 == 2
+    key = (GROUP, x.shape, x.stride(), x.dtype, num_groups, _meta(weight),
+           _meta(bias))
+    hit = _VIEWS.get(key)
+    if hit is not None:
+        return hit
+    if x.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {x.dim()}")
+    c = x.shape[1]
+    if num_groups <= 0 or c % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {list(x.shape)} and num_groups={num_groups}")
+    checks.vector("weight", weight, c, x)
+    checks.vector("bias", bias, c, x)
+    checks.float_input("GroupNormKernelImpl", x)
+    checks.param_dtypes(x, weight, bias)
+    xv, view = channel_layout(x, num_groups)
+    return config.remember(_VIEWS, key, (view, xv is x))
+
+
+def flat(p: Optional[Tensor]) -> Optional[Tensor]:
+    """A parameter as the dense vector the kernels index (a copy only if strided)."""
+    if p is None or (p.dim() == 1 and p.is_contiguous()):
+        return p
+    return p.reshape(-1).contiguous()
+
+
+def offset_weight(weight: Optional[Tensor], offset: float, normalized_shape, x: Tensor):
+    """The weight of y = xhat * (offset + weight) (Gemma's RMSNorm uses offset 1): the
+    sum is taken in fp32 (fp64 for fp64), as Gemma takes it, and autograd carries the
+    gradient through it to ``weight`` unchanged."""
+    if not offset:
+        return weight
+    acc = torch.float64 if torch.float64 in (x.dtype, getattr(weight, "dtype", None)) else torch.float32
+    if weight is None:
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        return torch.full(shape, float(offset), dtype=acc, device=x.device)
+    return weight.to(acc) + offset
+
+
+def rms_eps(x: Tensor, eps: Optional[float]) -> float:
+    """rms_norm's eps; None is torch's default, the machine epsilon of the accumulation
+    type (fp32 below fp64)."""
+    if eps is not None:
+        return eps
+    return torch.finfo(torch.float64 if x.dtype == torch.float64 else torch.float32).eps
+
+
+def add(x: Tensor, residual: Tensor) -> Tensor:
+    """h = x + residual in x's dtype, in torch ops: what the kernels' HAS_RES reads."""
+    return (x + residual).to(x.dtype)
+
+
+def norm_rows(spec, x: Tensor, normalized_shape, weight: Optional[Tensor],
+              bias: Optional[Tensor], eps: Optional[float], act=None) -> Tensor:
+    """layer_norm (LAYER), rms_norm (RMS) or the cast-first rms_norm of Llama-style
+    classes (RMS_CAST; tritonnorm.hf, which serves torch's path itself) of ``x``, then
+    ``act`` (activation.Act) in the same kernel: torch's op where torch_path(x), else
+    the checked view down ``paths.row_norm``.  ``eps`` None is RMSNorm's default."""
+    if torch_path(x):
+        y = (F.layer_norm(x, normalized_shape, weight, bias, eps) if spec is LAYER
+             else F.rms_norm(x, normalized_shape, weight, eps))
+        return compose(y, None, act)
+    xv, view = rows(spec, x, normalized_shape, weight, bias, strided=True)
+    checks.devices(x, weight, bias)
+    if spec is LAYER:
+        if x.is_cuda:
+            xv, weight, bias = autocast("layer_norm", xv, weight, bias)
+    else:
+        eps = rms_eps(x, eps)
+    return row_norm(xv, flat(weight), flat(bias), view, spec, eps, act=act)

@@ -1,0 +1,46 @@
+"""Which path a row-norm call takes, decided once per call:
+
+* traced (torch.compile, torch.export, a fake or proxy dispatch mode): the
+  torch.library ops of traced.py, which Inductor and export see;
+* a torch.func transform or forward-mode AD: every norm in torch ops (composite.py),
+  which torch differentiates;
+* otherwise eager: the autograd Function or the no-grad launch of eager.py.
+
+The traced and eager paths launch through the same launcher (dispatch.py), so they
+agree bit for bit.
+"""
+import torch
+
+from . import eager, traced
+from .composite import row_norm as composite_row_norm
+from .composite import transforming
+from .spec import RowView
+
+
+def tracing(x) -> bool:
+    """True inside a trace: torch.compile/export, a fake or proxy dispatch mode, or a
+    tensor subclass standing in for x."""
+    return (torch.compiler.is_compiling()
+            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None
+            or type(x) not in (torch.Tensor, torch.nn.Parameter))
+
+
+def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None,
+             with_stats=False, act=None, post=None):
+    """Apply the row norm of ``spec`` over ``view``; returns y, or (y, mean, rstd)
+    ``with_stats`` (mean and rstd per row, fp32; fp64 for fp64 x).
+
+    ``stats`` (mean, var) are constants to apply (running statistics in eval);
+    ``running`` = (running_mean, running_var, momentum, num_batches_tracked)
+    are updated with the batch statistics (momentum None: cumulative average).
+    ``act`` (activation.Act) and ``post`` (a residual in x's dtype and strides):
+    y = act(norm(x) + post)."""
+    if tracing(x):
+        return traced.row_norm(x, weight, bias, view, spec, eps, stats, running, with_stats,
+                               act, post)
+    if transforming():
+        y, mean, rstd = composite_row_norm(x, weight, bias, view, spec, eps, stats, running,
+                                           act, post)
+        return (y, mean, rstd) if with_stats else y
+    return eager.row_norm(x, weight, bias, view, spec, eps, stats, running, with_stats, act,
+                          post)
