@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tritonnorm.tools.bench import COLUMNS, run_bench
+from tritonnorm.tools.bench import COLUMNS, SWEEP, _inputs, jobs, run_bench
 from tritonnorm.tools.bench_models import COLUMNS as MODEL_COLUMNS, run_models
 from tritonnorm.tools.report import summary
 
@@ -17,47 +17,84 @@ def _read(path):
 
 
 def test_quick_sweep_writes_csv_with_expected_columns_and_png(tmp_path, capsys):
-    path = run_bench(["layer", "group", "syncbatch"], [torch.float32], quick=True, out_dir=tmp_path,
-                     tiny=True)
+    path = run_bench(["layer", "group", "syncbatch", "batch_eval"], [torch.float32], quick=True,
+                     out_dir=tmp_path, tiny=True)
     rows = _read(path)
     assert list(rows[0]) == COLUMNS
     assert {r["provider"] for r in rows} >= {"tritonnorm", "torch"}
-    assert {r["norm"] for r in rows} == {"layer", "group", "syncbatch"}
-    assert {r["pass"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
+    assert {r["norm"] for r in rows} == {"layer", "group", "syncbatch", "batch_eval"}
+    assert {r["pass"] for r in rows if r["norm"] != "batch_eval"} == {"fwd", "bwd", "fwd+bwd"}
+    assert {r["pass"] for r in rows if r["norm"] == "batch_eval"} == {"fwd"}
     assert {r["layout"] for r in rows if r["norm"] == "group"} == {"nchw", "nhwc"}
-    assert all(float(r["gbps"]) > 0 and float(r["ms_median"]) > 0 and float(r["copy_gbps"]) > 0
-               for r in rows)
+    assert all(float(r["host_us"]) > 0 for r in rows)
+    if torch.cuda.is_available():
+        assert {r["method"] for r in rows} <= {"cuda_graph", "profiler"}
+        assert all(float(r["gpu_us"]) > 0 and float(r["gbps"]) > 0 for r in rows)
+    else:   # no GPU: no GPU time, so no GB/s either, and the rows say so
+        assert {(r["method"], r["gpu_us"], r["gbps"], r["pct_of_copy"]) for r in rows} == {
+            ("n/a", "n/a", "n/a", "n/a")}
     for png in ("layer_fwd.png", "group_fwd_bwd.png", "syncbatch_bwd.png"):
         assert (tmp_path / png).stat().st_size > 0
     text = (tmp_path / "summary.md").read_text()
     assert text.startswith("Device: ")
-    assert "| norm | pass | vs torch" in text
+    assert "| norm | pass | GPU vs torch | GPU vs torch.compile | compiled vs torch.compile" in text
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'layer_fwd.png'}" in out and f"wrote {tmp_path / 'summary.md'}" in out
     if not torch.cuda.is_available():
         assert "NOT GPU numbers" in out and "NOT GPU numbers" in text
 
 
+def test_the_default_sweep_holds_the_real_model_shapes():
+    """The GPU sweep's cases: LLM and ViT rows, SD UNet/VAE GroupNorm(32), ResNet-50
+    BatchNorm (training and eval), InstanceNorm; --quick keeps one per norm."""
+    cases = jobs(list(SWEEP), [torch.float32, torch.bfloat16], quick=False, tiny=False)
+    have = {(n, "x".join(map(str, s)), str(d)[6:], lay) for n, s, d, lay in cases}
+    for norm in ("layer", "rms"):
+        assert {(norm, s, d, "nchw") for s, d in [("4096x4096", "bfloat16"), ("16384x4096", "bfloat16"),
+                ("8192x8192", "bfloat16"), ("8192x768", "float32"), ("8192x768", "bfloat16"),
+                ("2x262144", "float32")]} <= have
+    for s in ("2x320x64x64", "2x640x32x32", "2x1280x16x16", "1x128x512x512"):
+        assert {("group", s, "bfloat16", lay) for lay in ("nchw", "nhwc")} <= have
+    for s in ("32x64x112x112", "32x256x56x56", "32x512x28x28", "32x2048x7x7"):
+        assert {("batch", s, d, lay) for d in ("bfloat16", "float32") for lay in ("nchw", "nhwc")} <= have
+        assert ("batch_eval", s, "bfloat16", "nchw") in have
+    for s in ("4x64x256x256", "8x128x128x128"):
+        assert ("instance", s, "bfloat16", "nchw") in have
+    quick = jobs(list(SWEEP), [torch.float32, torch.bfloat16], quick=True, tiny=False)
+    assert sorted(n for n, *_ in quick) == sorted(SWEEP)
+    assert [n for n, *_ in cases[:len(SWEEP)]] == list(SWEEP)   # a cut sweep covers every norm
+
+
+def test_inputs_rotate_through_three_l2s_without_the_cuda_generator():
+    from tritonnorm.tools.timing import rotation
+    assert rotation(set_bytes=10, l2=100) == 30
+    assert rotation(set_bytes=1000, l2=100) == 2    # never one set: no pass reuses its inputs
+    xs, dys = _inputs((4, 6), torch.float32, "nchw", "cpu", l2=40)   # 96-byte sets
+    assert len(xs) == len(dys) == 2 and all(x.requires_grad for x in xs)
+    assert not torch.equal(xs[0], xs[1])
+
+
 def test_model_bench_times_a_training_step_per_provider(tmp_path):
-    rows = _read(run_models([torch.float32], tmp_path, names=["unet"], tiny=True))
+    rows = _read(run_models([torch.float32], tmp_path, names=["sd_down"], tiny=True))
     assert list(rows[0]) == MODEL_COLUMNS
     assert {r["provider"] for r in rows} >= {"torch", "tritonnorm", "tritonnorm fuse"}
     assert all(float(r["ms_median"]) > 0 for r in rows)
-    assert "| unet |" in (tmp_path / "models.md").read_text()
+    assert "| sd_down |" in (tmp_path / "models.md").read_text()
 
 
-def test_summary_reports_geomean_speedup_against_each_reference():
-    def row(provider, shape, ms):
-        return dict(norm="layer", pass_="fwd", shape=shape, dtype="float32", layout="nchw",
-                    provider=provider, ms_median=str(ms), pct_of_copy="50")
-    rows = [row("tritonnorm", "8x8", 1.0), row("torch", "8x8", 2.0),
-            row("tritonnorm", "4x4", 1.0), row("torch", "4x4", 8.0),
-            row("torch.compile", "8x8", 0.5)]
-    for r in rows:
-        r["pass"] = r.pop("pass_")
+def test_summary_reports_geomean_ratios_of_gpu_and_host_time():
+    def row(provider, shape, gpu, host):
+        return {"norm": "layer", "pass": "fwd", "shape": shape, "dtype": "float32",
+                "layout": "nchw", "provider": provider, "gpu_us": str(gpu), "host_us": str(host),
+                "pct_of_copy": "50"}
+    rows = [row("tritonnorm", "8x8", 1.0, 10), row("torch", "8x8", 2.0, 5),
+            row("tritonnorm", "4x4", 1.0, 10), row("torch", "4x4", 8.0, 20),
+            row("torch.compile", "8x8", 0.5, 40), row("tritonnorm+compile", "8x8", 0.25, 40)]
     table = summary(rows).splitlines()
-    assert table[0] == "| norm | pass | vs torch | vs torch.compile | % of copy |"
-    assert table[2] == "| layer | fwd | 4.00x | 0.50x | 50% |"   # sqrt(2 * 8) = 4
+    assert table[0] == ("| norm | pass | GPU vs torch | GPU vs torch.compile | "
+                        "compiled vs torch.compile | host vs torch | % of copy |")
+    # sqrt(2 * 8) = 4; 0.5 / 1; 0.5 / 0.25; sqrt(0.5 * 2) = 1
+    assert table[2] == "| layer | fwd | 4.00x | 0.50x | 2.00x | 1.00x | 50% |"
 
 
 def test_host_bench_times_every_pass_of_a_case_against_torch(tmp_path):
@@ -85,14 +122,13 @@ def test_host_bench_stubs_launches_only_inside_its_timing():
     assert (interp.InterpretedFunction.run, dispatch._run_fwd) == before
 
 
-def test_a_speedup_that_cannot_be_computed_reads_n_a():
-    rows = [dict(norm="rms", shape="8x8", dtype="float32", layout="nchw", provider=p,
-                 ms_median=str(ms), pct_of_copy="50", **{"pass": "fwd"})
-            for p, ms in (("tritonnorm", 0.0), ("torch", 1.0))]
+def test_a_ratio_that_cannot_be_computed_reads_n_a():
+    rows = [{"norm": "rms", "shape": "8x8", "dtype": "float32", "layout": "nchw", "provider": p,
+             "gpu_us": gpu, "host_us": "3", "pct_of_copy": "n/a", "pass": "fwd"}
+            for p, gpu in (("tritonnorm", "0"), ("torch", "n/a"))]
     table = summary(rows).splitlines()
     # torch.compile is always a column, n/a where the run has none (CPU runs).
-    assert table[0] == "| norm | pass | vs torch | vs torch.compile | % of copy |"
-    assert table[2] == "| rms | fwd | n/a | n/a | 50% |"
+    assert table[2] == "| rms | fwd | n/a | n/a | n/a | 1.00x | n/a |"
 
 
 def test_every_cli_option_states_its_default():
@@ -116,12 +152,16 @@ def test_fused_suite_writes_csv_table_and_plots(tmp_path, capsys):
     assert {r["norm"] for r in rows} == {"add_rms", "add_layer", "gn_silu", "bn_add_relu"}
     assert {r["provider"] for r in rows} >= {"tritonnorm", "torch"}
     assert {r["pass"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
-    # GB/s counts 4 tensors a pass (8 for fwd+bwd), of x's size each, for the residual add;
-    # the norm's 5 and the residual and its gradient for BatchNorm + add + ReLU.
-    for norm, shape, n in (("add_rms", (16, 64), 8), ("bn_add_relu", (2, 8, 4, 4), 7)):
-        r = next(r for r in rows if r["pass"] == "fwd+bwd" and r["norm"] == norm)
-        s = 4 * math.prod(shape)
-        assert float(r["gbps"]) == pytest.approx(n * s / float(r["ms_median"]) / 1e6, rel=1e-3)
+    assert all(float(r["host_us"]) > 0 for r in rows)
+    # GB/s (GPU time) counts 4 tensors a pass (8 for fwd+bwd), of x's size each, for the
+    # residual add; the norm's 5 and the residual and its gradient for BatchNorm + add + ReLU.
+    if torch.cuda.is_available():
+        for norm, n in (("add_rms", 8), ("bn_add_relu", 7)):
+            r = next(r for r in rows if r["pass"] == "fwd+bwd" and r["norm"] == norm)
+            s = 4 * math.prod(int(d) for d in r["shape"].split("x"))
+            assert float(r["gbps"]) == pytest.approx(n * s / float(r["gpu_us"]) / 1e3, rel=1e-3)
+    else:
+        assert {r["gbps"] for r in rows} == {"n/a"}
     assert {r["layout"] for r in rows if r["norm"] == "gn_silu"} == {"nhwc"}
     assert "| add_rms | fwd |" in (tmp_path / "fused.md").read_text()
     assert (tmp_path / "add_rms_fwd.png").stat().st_size > 0

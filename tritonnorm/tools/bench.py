@@ -1,16 +1,22 @@
-"""`tritonnorm bench`: throughput of every norm against torch eager, torch.compile,
-apex and liger-kernel (where importable) and the device-to-device copy roofline.
+"""`tritonnorm bench`: every norm against torch eager, torch.compile, apex and
+liger-kernel (where importable), tritonnorm eager and tritonnorm under torch.compile,
+at the shapes of real models, with the device-to-device copy as the roofline.
 
-GB/s counts the minimal bytes a pass must move, per element of x (E bytes each):
+Two numbers per case, provider and pass (timing.py says how each is taken):
+  GPU time   kernel-only µs per pass: CUDA-graph replays over inputs rotated through
+             3x the L2 (method ``cuda_graph``), else torch.profiler's device time
+             (``profiler``); ``n/a`` without a GPU.
+  host time  wall µs of one eager call, the GPU queue drained before it.
+
+GB/s and % of copy use the GPU time and count the minimal bytes a pass must move, per
+element of x (E bytes each):
   forward   read x, write y                      2 E
   backward  read x and dy, write dx              3 E
   fwd+bwd   the sum                              5 E
-The same counts hold for every norm: parameters, their gradients and the
-statistics are O(C) or O(rows) and left out.  The roofline is a timed
-device-to-device copy of the same tensor (2 E per element), measured in the
-same run.  Backward timings ask for the gradients of x and of every parameter.
-Without a GPU the sweep is tiny, runs under Triton's interpreter, and its
-numbers are CPU numbers, not GPU numbers.
+Parameters, their gradients and the statistics are O(C) or O(rows) and left out.  The
+copy is timed in the same run with the same rotation.  Backward timings ask for the
+gradients of x and of every parameter.  Without a GPU the sweep is tiny, runs under
+Triton's interpreter, and has host times only: CPU numbers, not GPU numbers.
 """
 import contextlib
 import csv
@@ -27,33 +33,47 @@ import triton
 import tritonnorm
 
 from .report import plot, summary
+from .timing import gpu_time, host_us, l2_bytes, rotation
 
 BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
+F32, BF16 = torch.float32, torch.bfloat16
 
 
 def _syncbn(lib, s):
     return lib.SyncBatchNorm(s[1])
 
 
-# norm -> (layer factory per library, shapes from real models, layouts)
+def _both(shapes, dtypes=(BF16,)):
+    return [(s, d, lay) for s in shapes for d in dtypes for lay in ("nchw", "nhwc")]
+
+
+# LLM and ViT-B rows (tokens x hidden), and two long rows.
+_ROWS = [((4096, 4096), BF16, "nchw"), ((16384, 4096), BF16, "nchw"), ((8192, 8192), BF16, "nchw"),
+         ((8192, 768), F32, "nchw"), ((8192, 768), BF16, "nchw"), ((2, 262144), F32, "nchw")]
+_RESNET50 = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 2048, 7, 7)]
+
+# norm -> (layer factory per library, [(shape, dtype, layout)] from real models, passes).
+# The first case of each norm is the one --quick keeps.
 SWEEP = {
-    "batch": (lambda lib, s: getattr(lib, f"BatchNorm{len(s) - 2}d")(s[1]),      # ResNet-50
-              [(64, 64, 112, 112), (64, 256, 56, 56), (64, 512, 28, 28), (64, 1024, 14, 14),
-               (64, 2048, 7, 7)], ["nchw", "nhwc"]),
-    "syncbatch": (_syncbn, [(64, 256, 56, 56), (64, 1024, 14, 14)], ["nchw", "nhwc"]),  # world 1
-    "group": (lambda lib, s: lib.GroupNorm(min(32, s[1]), s[1]),                # UNet / VAE
-              [(1, 512, 64, 64), (8, 320, 64, 64), (1, 128, 512, 512)], ["nchw", "nhwc"]),
+    "layer": (lambda lib, s: lib.LayerNorm(s[-1]), _ROWS, ("fwd", "bwd", "fwd+bwd")),
+    "rms": (lambda lib, s: lib.RMSNorm(s[-1]), _ROWS, ("fwd", "bwd", "fwd+bwd")),
+    "group": (lambda lib, s: lib.GroupNorm(32, s[1]),               # SD UNet / VAE, GroupNorm(32)
+              _both([(2, 320, 64, 64), (2, 640, 32, 32), (2, 1280, 16, 16), (1, 128, 512, 512)]),
+              ("fwd", "bwd", "fwd+bwd")),
+    "batch": (lambda lib, s: getattr(lib, f"BatchNorm{len(s) - 2}d")(s[1]),   # ResNet-50 training
+              _both(_RESNET50, (BF16, F32)), ("fwd", "bwd", "fwd+bwd")),
+    "batch_eval": (lambda lib, s: getattr(lib, f"BatchNorm{len(s) - 2}d")(s[1]).eval(),
+                   _both(_RESNET50), ("fwd",)),
     "instance": (lambda lib, s: lib.InstanceNorm2d(s[1], affine=True),          # style transfer
-                 [(4, 64, 256, 256), (4, 128, 128, 128), (4, 256, 64, 64)], ["nchw", "nhwc"]),
-    "layer": (lambda lib, s: lib.LayerNorm(s[-1]),                             # ViT / LLM
-              [(8192, 768), (8192, 1024), (4096, 4096), (2048, 8192), (1024, 16384)], ["nchw"]),
-    "rms": (lambda lib, s: lib.RMSNorm(s[-1]),
-            [(8192, 768), (4096, 4096), (2048, 8192), (1024, 16384)], ["nchw"]),
+                 _both([(4, 64, 256, 256), (8, 128, 128, 128)]), ("fwd", "bwd", "fwd+bwd")),
+    "syncbatch": (_syncbn, _both([(32, 256, 56, 56)]), ("fwd", "bwd", "fwd+bwd")),  # world of 1
 }
-TINY = {"batch": [(2, 4, 8, 8)], "syncbatch": [(2, 4, 8, 8)], "group": [(2, 32, 8, 8)],
-        "instance": [(2, 4, 8, 8)], "layer": [(16, 64)], "rms": [(16, 64)]}
+TINY = {"batch": [(2, 4, 8, 8)], "batch_eval": [(2, 4, 8, 8)], "syncbatch": [(2, 4, 8, 8)],
+        "group": [(2, 32, 8, 8)], "instance": [(2, 4, 8, 8)], "layer": [(16, 64)],
+        "rms": [(16, 64)]}
 COLUMNS = ["gpu", "torch", "triton", "timestamp", "provider", "norm", "pass", "shape", "dtype",
-           "layout", "ms_median", "ms_q20", "ms_q80", "gbps", "pct_of_copy", "copy_gbps"]
+           "layout", "method", "sets", "gpu_us", "gpu_us_q20", "gpu_us_q80", "host_us", "gbps",
+           "pct_of_copy", "copy_gbps"]
 
 
 def _timer(on_gpu: bool):
@@ -103,6 +123,18 @@ def _liger_layer(norm, shape):
     return None
 
 
+def _compiled(make):
+    """torch.compile of what ``make`` builds: static shapes, and a fresh Dynamo cache per
+    shape (past its recompile limit Dynamo would quietly fall back to eager)."""
+    def compiled(norm, shape):
+        layer = make(norm, shape)
+        if layer is None:
+            return None
+        torch._dynamo.reset()
+        return torch.compile(layer, dynamic=False)
+    return compiled
+
+
 def _providers(on_gpu: bool):
     """name -> (norm, shape) -> layer or None."""
     def ours(norm, shape):
@@ -115,12 +147,8 @@ def _providers(on_gpu: bool):
 
     out = {"tritonnorm": ours, "torch": eager}
     if on_gpu:
-        # A fresh Dynamo cache per layer: every shape recompiles the same forward,
-        # and past the recompile limit Dynamo would quietly fall back to eager.
-        def compiled(norm, shape):
-            torch._dynamo.reset()
-            return torch.compile(eager(norm, shape))
-        out["torch.compile"] = compiled
+        out["torch.compile"] = _compiled(eager)
+        out["tritonnorm+compile"] = _compiled(ours)
         if _apex_layer("layer", (1, 8)) is not None:
             out["apex"] = _apex_layer
         if _liger_layer("layer", (1, 8)) is not None:
@@ -128,18 +156,37 @@ def _providers(on_gpu: bool):
     return out
 
 
-def _pass_fns(layer, x):
-    """pass -> a callable that runs it once."""
-    leaves = [x] + [p for p in layer.parameters() if p.requires_grad]
+def _inputs(shape, dtype, layout, device, l2: int):
+    """The rotated input sets (x, dy) of a case: enough sets for 3x the L2 on a GPU, one
+    on the CPU.  Drawn once on the CPU, never from the CUDA generator (timing.py)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(shape, generator=g).to(device, dtype)
+    dy0 = torch.randn(shape, generator=g).to(device, dtype)
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    k = rotation(x0.numel() * x0.element_size(), l2) if l2 else 1
+    xs = [x0.roll(i, -1).contiguous(memory_format=fmt).requires_grad_() for i in range(k)]
+    dys = [dy0.roll(i, -1).contiguous(memory_format=fmt) for i in range(k)]
+    return xs, dys
 
-    def fwd():
-        with torch.no_grad():
-            layer(x)
-    y = layer(x)
-    dy = torch.randn_like(y)
-    return {"fwd": fwd,
-            "bwd": lambda: torch.autograd.grad(y, leaves, dy, retain_graph=True),
-            "fwd+bwd": lambda: torch.autograd.grad(layer(x), leaves, dy)}
+
+def _pass_fns(layer, xs, dys, passes):
+    """pass -> one callable per input set that runs the pass and returns its results."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    def fwd(x):
+        def run():
+            with torch.no_grad():
+                return layer(x)
+        return run
+
+    def bwd(x, dy):
+        y = layer(x)
+        return lambda: torch.autograd.grad(y, [x] + params, dy, retain_graph=True)
+
+    def fwd_bwd(x, dy):
+        return lambda: torch.autograd.grad(layer(x), [x] + params, dy)
+    make = {"fwd": lambda x, dy: fwd(x), "bwd": bwd, "fwd+bwd": fwd_bwd}
+    return {p: [make[p](x, dy) for x, dy in zip(xs, dys)] for p in passes}
 
 
 @contextlib.contextmanager
@@ -158,57 +205,82 @@ def world_of_one(device: str):
             dist.destroy_process_group()
 
 
-def _jobs(norms, dtypes, quick, tiny):
-    """(norm, shape, dtype, layout), ordered by shape rank first, so a sweep cut
-    short by its time budget still covers every norm."""
+def _layouts(norm):
+    return ("nchw",) if norm in ("layer", "rms") else ("nchw", "nhwc")
+
+
+def jobs(norms, dtypes, quick: bool, tiny: bool):
+    """(norm, shape, dtype, layout) of a sweep, ordered by case rank first, so a sweep
+    cut short by its time budget still covers every norm."""
     out = []
     for norm in norms:
-        shapes = TINY[norm] if tiny else SWEEP[norm][1][:2 if quick else None]
-        out += [(i, norm, s, d, lay) for i, s in enumerate(shapes) for d in dtypes
-                for lay in SWEEP[norm][2]]
+        if tiny:
+            cases = [(s, d, lay) for s in TINY[norm] for d in dtypes for lay in _layouts(norm)]
+        else:
+            cases = [c for c in SWEEP[norm][1] if c[1] in dtypes][:1 if quick else None]
+        out += [(i, norm, *c) for i, c in enumerate(cases)]
     return [j[1:] for j in sorted(out, key=lambda j: j[0])]
 
 
-def _write_csv(rows, path: Path) -> None:
+def _write_csv(rows, path: Path, columns=COLUMNS) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
 
 
-def _measure(jobs, providers, timer, meta, device, budget_s, path):
-    rows, start = [], time.perf_counter()
-    for i, (norm, shape, dtype, layout) in enumerate(jobs):
+def _fmt(v, spec: str = ".4g") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+# torch.compile costs seconds of compilation per shape (static shapes, a fresh cache per
+# layer), against a fraction of a second for an eager provider's three passes: within a
+# device run's budget the compiled providers take the first this many cases of each norm.
+COMPILED_CASES = 1
+
+
+def _measure(jobs_, providers, meta, device, budget_s, path):
+    rows, start, l2, rank = [], time.perf_counter(), l2_bytes(), {}
+    calls = 30 if device == "cuda" else 3   # host time: the interpreter is slow
+    for i, (norm, shape, dtype, layout) in enumerate(jobs_):
+        rank[norm] = rank.get(norm, -1) + 1
         if budget_s is not None and i and time.perf_counter() - start > budget_s:
-            print(f"\ntime budget of {budget_s:.0f} s spent: {len(jobs) - i} of {len(jobs)} "
+            print(f"\ntime budget of {budget_s:.0f} s spent: {len(jobs_) - i} of {len(jobs_)} "
                   "cases not measured", file=sys.stderr)
             break
-        x = torch.randn(shape, device=device, dtype=dtype)
-        if layout == "nhwc":
-            x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_()
-        copy_ms = timer(lambda: x.detach().clone(memory_format=torch.preserve_format))[0]
-        copy_gbps = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+        xs, dys = _inputs(shape, dtype, layout, device, l2)
+        nbytes = xs[0].numel() * xs[0].element_size()
+        copy = gpu_time([lambda x=x: x.detach().clone(memory_format=torch.preserve_format)
+                         for x in xs])
+        copy_gbps = 2 * nbytes / copy.us[0] / 1e3 if copy.us else None
+        case = dict(meta, norm=norm, shape="x".join(map(str, shape)), layout=layout,
+                    dtype=str(dtype).replace("torch.", ""), sets=len(xs))
         for name, make in providers.items():
+            if name.endswith("compile") and rank[norm] >= COMPILED_CASES:
+                continue
             try:
                 layer = make(norm, shape)
                 if layer is None:
                     continue
-                timed = {p: timer(fn) for p, fn in _pass_fns(layer.to(device, dtype), x).items()}
+                fns = _pass_fns(layer.to(device, dtype), xs, dys, SWEEP[norm][2])
+                timed = {p: (gpu_time(f), host_us(f[0], calls)) for p, f in fns.items()}
             except Exception as e:  # one provider failing must not end the sweep
                 print(f"\n{name} {norm} {shape} {dtype}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-            for pass_, (ms, lo, hi) in timed.items():
-                gbps = BYTES_PER_ELEMENT[pass_] * x.numel() * x.element_size() / ms / 1e6
-                rows.append(dict(meta, provider=name, norm=norm, **{"pass": pass_},
-                                 shape="x".join(map(str, shape)),
-                                 dtype=str(dtype).replace("torch.", ""), layout=layout,
-                                 ms_median=f"{ms:.5f}", ms_q20=f"{lo:.5f}", ms_q80=f"{hi:.5f}",
-                                 gbps=f"{gbps:.4g}", pct_of_copy=f"{100 * gbps / copy_gbps:.4g}",
-                                 copy_gbps=f"{copy_gbps:.4g}"))
+            finally:
+                fns = layer = None
+            for pass_, (t, host) in timed.items():
+                us = t.us or (None, None, None)
+                gbps = BYTES_PER_ELEMENT[pass_] * nbytes / us[0] / 1e3 if t.us else None
+                rows.append(dict(case, provider=name, **{"pass": pass_}, method=t.method,
+                                 gpu_us=_fmt(us[0], ".5g"), gpu_us_q20=_fmt(us[1], ".5g"),
+                                 gpu_us_q80=_fmt(us[2], ".5g"), host_us=_fmt(host, ".4g"),
+                                 gbps=_fmt(gbps),
+                                 pct_of_copy=_fmt(gbps and copy_gbps and 100 * gbps / copy_gbps),
+                                 copy_gbps=_fmt(copy_gbps)))
         _write_csv(rows, path)  # after each case: a run cut off from outside keeps its rows
-        done = (i + 1) * 30 // len(jobs)
-        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs)} "
+        done = (i + 1) * 30 // len(jobs_)
+        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs_)} "
               f"{time.perf_counter() - start:4.0f}s {norm} "
               f"{'x'.join(map(str, shape))} {str(dtype)[6:]} {layout}    ", end="", file=sys.stderr)
     print(file=sys.stderr)
@@ -216,22 +288,26 @@ def _measure(jobs, providers, timer, meta, device, budget_s, path):
 
 
 def run_bench(norms, dtypes, quick=False, out_dir="perf/out", budget_s=None, tiny=None) -> Path:
-    """Sweep ``norms`` x ``dtypes``; ``tiny`` (default: no GPU) takes the tiny shapes."""
+    """Sweep ``norms`` (their cases in ``dtypes``); ``tiny`` (default: no GPU) takes the
+    tiny shapes, in every dtype of ``dtypes``."""
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     where = torch.cuda.get_device_name() if on_gpu else "CPU (Triton interpreter)"
     if not on_gpu:
-        print("No GPU: a tiny sweep under Triton's interpreter. These are CPU numbers, "
-              "NOT GPU numbers; quote none of them.")
-    timer, providers = _timer(on_gpu), _providers(on_gpu)
+        print("No GPU: a tiny sweep under Triton's interpreter, host times only. These are "
+              "CPU numbers, NOT GPU numbers; quote none of them.")
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(gpu=where, torch=torch.__version__, triton=triton.__version__, timestamp=stamp)
-    jobs = _jobs(norms, dtypes, quick, not on_gpu if tiny is None else tiny)
+    todo = jobs(norms, dtypes, quick, not on_gpu if tiny is None else tiny)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench.csv"
-    with world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
-        rows = _measure(jobs, providers, timer, meta, device, budget_s, path)
+    # torch.compile's backward, replayed with retain_graph, must not donate its buffers.
+    import torch._functorch.config as functorch_config
+    no_donation = (functorch_config.patch(donated_buffer=False)
+                   if hasattr(functorch_config, "donated_buffer") else contextlib.nullcontext())
+    with no_donation, world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
+        rows = _measure(todo, _providers(on_gpu), meta, device, budget_s, path)
     return report(rows, path, out / "summary.md", where, on_gpu)
 
 

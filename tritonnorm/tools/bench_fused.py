@@ -22,7 +22,8 @@ import triton
 
 import tritonnorm.functional as TF
 
-from .bench import _timer, _write_csv, report
+from .bench import _fmt, _inputs, _write_csv, report
+from .timing import gpu_time, host_us, l2_bytes
 
 
 def _add_norm(norm):
@@ -68,27 +69,29 @@ def _providers(ours, ref, on_gpu):
 
 
 def _pass_fns(fn, x, r, w, b, uses_r):
+    """pass -> a callable that runs it once on this input set and returns its results."""
     leaves = [t for t in (x, r if uses_r else None, w, b) if t is not None]
 
     def fwd():
         with torch.no_grad():
-            fn(x, r, w, b)
+            return fn(x, r, w, b)
     out = fn(x, r, w, b)
     outs = out if isinstance(out, tuple) else (out,)
-    grads = tuple(torch.randn_like(o) for o in outs)
+    grads = tuple(torch.ones_like(o) for o in outs)   # no CUDA generator (timing.py)
     return {"fwd": fwd,
             "bwd": lambda: torch.autograd.grad(outs, leaves, grads, retain_graph=True),
             "fwd+bwd": lambda: torch.autograd.grad(fn(x, r, w, b), leaves, grads)}
 
 
 def run_fused(dtypes, out_dir="perf/out") -> Path:
+    """Each fused case against torch's composition (and torch.compile of it on a GPU):
+    GPU and host time per pass, as the sweep takes them (timing.py)."""
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     where = torch.cuda.get_device_name() if on_gpu else "CPU (Triton interpreter)"
-    timer = _timer(on_gpu)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = dict(gpu=where, torch=torch.__version__, triton=triton.__version__, timestamp=stamp)
-    rows = []
+    rows, l2 = [], l2_bytes()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # The first shape of every case before the second of any: a run cut short covers each.
@@ -98,24 +101,29 @@ def run_fused(dtypes, out_dir="perf/out") -> Path:
         print(f"[{i + 1}/{len(jobs)}] {norm} {'x'.join(map(str, shape))} {str(dtype)[6:]}",
               flush=True)
         ours, ref, nbytes, _, _, cl, uses_r, has_b = CASES[norm]
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        x, r = (torch.randn(shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
-                .requires_grad_() for _ in "xr")
-        w, b = (torch.randn(shape[1] if cl else shape[-1], device=device, dtype=dtype,
-                            requires_grad=True) for _ in "wb")
+        layout = "nhwc" if cl else "nchw"
+        xs, rs = _inputs(shape, dtype, layout, device, l2)
+        rs = [r.requires_grad_() for r in rs]
+        c = shape[1] if cl else shape[-1]
+        w, b = (torch.linspace(0.5, 1.5, c).to(device, dtype).requires_grad_() for _ in "wb")
         b = b if has_b else None
-        copy_ms = timer(lambda: x.detach().clone())[0]
-        copy_gbps = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+        size = xs[0].numel() * xs[0].element_size()
+        copy = gpu_time([lambda x=x: x.detach().clone() for x in xs])
+        copy_gbps = 2 * size / copy.us[0] / 1e3 if copy.us else None
         for name, fn in _providers(ours, ref, on_gpu).items():
-            for pass_, run in _pass_fns(fn, x, r, w, b, uses_r).items():
-                ms, lo, hi = timer(run)
-                gbps = nbytes[pass_] * x.numel() * x.element_size() / ms / 1e6
+            sets = [_pass_fns(fn, x, r, w, b, uses_r) for x, r in zip(xs, rs)]
+            for pass_ in sets[0]:
+                fns = [p[pass_] for p in sets]
+                t, host = gpu_time(fns), host_us(fns[0], 30 if on_gpu else 3)
+                us = t.us or (None, None, None)
+                gbps = nbytes[pass_] * size / us[0] / 1e3 if t.us else None
                 rows.append(dict(meta, provider=name, norm=norm, **{"pass": pass_},
                                  shape="x".join(map(str, shape)),
-                                 dtype=str(dtype).replace("torch.", ""),
-                                 layout="nhwc" if cl else "nchw",
-                                 ms_median=f"{ms:.5f}", ms_q20=f"{lo:.5f}", ms_q80=f"{hi:.5f}",
-                                 gbps=f"{gbps:.4g}", pct_of_copy=f"{100 * gbps / copy_gbps:.4g}",
-                                 copy_gbps=f"{copy_gbps:.4g}"))
+                                 dtype=str(dtype).replace("torch.", ""), layout=layout,
+                                 method=t.method, sets=len(xs), gpu_us=_fmt(us[0], ".5g"),
+                                 gpu_us_q20=_fmt(us[1], ".5g"), gpu_us_q80=_fmt(us[2], ".5g"),
+                                 host_us=_fmt(host, ".4g"), gbps=_fmt(gbps),
+                                 pct_of_copy=_fmt(gbps and copy_gbps and 100 * gbps / copy_gbps),
+                                 copy_gbps=_fmt(copy_gbps)))
         _write_csv(rows, out / "fused.csv")   # a run cut off from outside keeps its rows
     return report(rows, out / "fused.csv", out / "fused.md", where, on_gpu)

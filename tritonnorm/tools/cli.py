@@ -21,7 +21,8 @@ def _interpreter_without_gpu(argv) -> None:
 
 DESCRIPTION = """tritonnorm's command line (also `python -m tritonnorm ...`):
   check   run every norm forward and backward here and compare with torch
-  bench   throughput against torch eager, torch.compile, apex, liger and copy; host time
+  bench   GPU time (kernel-only) and host time against torch eager, torch.compile, apex,
+          liger and the copy roofline, at real-model shapes; model training steps
   tune    tune launch configs on this GPU and save them
 Without a GPU, check and bench run under Triton's interpreter: CPU numbers, not GPU ones."""
 
@@ -44,13 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="norms to tune (repeatable; default: all)")
     tune.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
                       help="dtypes to tune (repeatable; default: all)")
-    bench = sub.add_parser("bench", help="throughput against torch and peers, and host time",
-                           description="Benchmark suites; CSV, markdown and PNG files go to --out.")
+    bench = sub.add_parser("bench", help="GPU and host time against torch and peers",
+                           description="Benchmark suites; CSV, markdown and PNG files go to --out. "
+                                       "Each case gets a GPU time (kernel-only: CUDA-graph replays "
+                                       "over inputs rotated through 3x the L2, else torch.profiler; "
+                                       "the method is a column) and a host time (µs of one eager "
+                                       "call). Without a GPU: host times only, under Triton's "
+                                       "interpreter, not GPU numbers.")
     bench.add_argument("--quick", action="store_true",
-                       help="sweep: the first two shapes per norm on a GPU (without a GPU "
-                            "the sweep always takes one tiny shape per norm) (default: off)")
+                       help="sweep: one shape per norm on a GPU (without a GPU the sweep "
+                            "always takes one tiny shape per norm) (default: off)")
     bench.add_argument("--norm", action="append",
-                       choices=["batch", "syncbatch", "group", "instance", "layer", "rms"],
+                       choices=["batch", "batch_eval", "syncbatch", "group", "instance", "layer",
+                                "rms"],
                        help="norms to sweep (repeatable; default: all)")
     bench.add_argument("--dtype", action="append", choices=["float32", "bfloat16"],
                        help="dtypes (repeatable; default: float32 and bfloat16)")
@@ -58,13 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output directory for CSV, markdown and PNG (default: perf/out)")
     bench.add_argument("--suite", choices=["sweep", "models", "host", "fused", "all"],
                        default="sweep",
-                       help="per-norm throughput sweep, model training steps, host time per "
-                            "eager call against torch's, the residual add fused into "
-                            "RMSNorm/LayerNorm against torch's add then norm, or all four "
+                       help="per-norm sweep at real-model shapes, model training steps "
+                            "(ResNet-50, SD-UNet down block, Llama layer, ViT-B block), host "
+                            "time per eager call at tiny shapes against torch's, the fused "
+                            "epilogues against torch's composition, or all four "
                             "(default: sweep)")
     bench.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
-                       help="sweep: start no new case after this many seconds "
-                            "(default: none, the whole sweep)")
+                       help="sweep and models: start no new case or step after this many "
+                            "seconds (default: none, all of them)")
     return parser
 
 
@@ -80,7 +88,7 @@ def main(argv=None) -> int:
         if args.suite in ("sweep", "all"):
             run_bench(args.norm or list(SWEEP), dtypes, args.quick, args.out, args.budget_s)
         if args.suite in ("models", "all"):
-            run_models(dtypes, args.out)
+            run_models(dtypes, args.out, budget_s=args.budget_s)
         if args.suite in ("host", "all"):
             from .bench_host import run_host
             run_host(args.out)

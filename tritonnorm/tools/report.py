@@ -1,18 +1,29 @@
 """What `tritonnorm bench` makes of its rows: one PNG per norm and pass, and a
-markdown table of geomean speedups."""
+markdown table of geomean ratios of GPU time and of host time."""
 import math
 from pathlib import Path
 
 REFERENCES = ("torch", "torch.compile")
+OURS, OURS_COMPILED = "tritonnorm", "tritonnorm+compile"
 
 
 def _numel(shape: str) -> int:
     return math.prod(int(d) for d in shape.split("x"))
 
 
-def plot(rows, out: Path) -> None:
-    """GB/s against the size of x, one line per provider, the copy roofline dashed;
-    one panel per dtype (rows) and layout (columns)."""
+def _num(v):
+    """A CSV cell as a finite float, or None ("n/a", empty, inf, nan)."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def plot(rows, out: Path) -> list:
+    """GB/s (from GPU time) against the size of x, one line per provider, the copy
+    roofline dashed; host µs per call where a run has no GPU time (the CPU).  One panel
+    per dtype (rows) and layout (columns)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -20,6 +31,9 @@ def plot(rows, out: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
+    gpu = any(_num(r["gbps"]) for r in rows)
+    field, label = ("gbps", "GB/s (minimal bytes, GPU time)") if gpu else (
+        "host_us", "host µs per call (no GPU time: not GPU numbers)")
     written = []
     for norm, pass_ in sorted({(r["norm"], r["pass"]) for r in rows}):
         sel = [r for r in rows if (r["norm"], r["pass"]) == (norm, pass_)]
@@ -29,18 +43,19 @@ def plot(rows, out: Path) -> None:
                                  figsize=(5 * len(layouts), 3.4 * len(dtypes)))
         for ax, (dtype, layout) in zip(axes.flat, [(d, l) for d in dtypes for l in layouts]):
             cell = [r for r in sel if (r["dtype"], r["layout"]) == (dtype, layout)]
-            if not cell:
-                continue
             for prov in dict.fromkeys(r["provider"] for r in cell):
-                pts = sorted((_numel(r["shape"]), float(r["gbps"])) for r in cell if r["provider"] == prov)
-                ax.plot(*zip(*pts), marker="o", label=prov)
-            roof = sorted({(_numel(r["shape"]), float(r["copy_gbps"])) for r in cell
-                           if r["provider"] == cell[0]["provider"]})
-            ax.plot(*zip(*roof), "k--", marker="_", markersize=14, label="copy roofline")
+                pts = sorted((_numel(r["shape"]), _num(r[field])) for r in cell
+                             if r["provider"] == prov and _num(r[field]))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=prov)
+            roof = sorted({(_numel(r["shape"]), _num(r["copy_gbps"])) for r in cell
+                           if _num(r["copy_gbps"])})
+            if gpu and roof:
+                ax.plot(*zip(*roof), "k--", marker="_", markersize=14, label="copy roofline")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("elements of x")
-            ax.set_ylabel("GB/s (minimal bytes)")
+            ax.set_ylabel(label)
             ax.set_title(f"{dtype}, {layout}", fontsize=9)
             ax.legend(fontsize=7)
         fig.suptitle(f"{norm} {pass_} on {sel[0]['gpu']}", fontsize=10)
@@ -64,28 +79,41 @@ def _speedup(ratios) -> str:
     return f"{g:.2f}x" if g >= 0.1 else f"{g:.2g}x"   # interpreter runs: never "0.00x"
 
 
+def _columns(providers):
+    """(header, our provider, reference, field) of every ratio column of a run."""
+    peers = sorted(set(providers) - set(REFERENCES) - {OURS, OURS_COMPILED})
+    return ([("GPU vs torch", OURS, "torch", "gpu_us"),
+             ("GPU vs torch.compile", OURS, "torch.compile", "gpu_us"),
+             ("compiled vs torch.compile", OURS_COMPILED, "torch.compile", "gpu_us")]
+            + [(f"GPU vs {p}", OURS, p, "gpu_us") for p in peers]
+            + [("host vs torch", OURS, "torch", "host_us")])
+
+
 def summary(rows) -> str:
-    """Markdown: per norm and pass, geomean speedup of tritonnorm against every other
-    provider (>1: tritonnorm faster), and its median % of copy."""
-    ms = {(r["norm"], r["pass"], r["shape"], r["dtype"], r["layout"], r["provider"]):
-          float(r["ms_median"]) for r in rows}
-    # torch and torch.compile always (n/a where a run has none: torch.compile runs on a GPU
-    # only), then every other provider of the run (apex, liger).
-    refs = list(REFERENCES) + sorted({k[5] for k in ms} - set(REFERENCES) - {"tritonnorm"})
-    lines = ["| norm | pass | " + " | ".join(f"vs {p}" for p in refs) + " | % of copy |",
-             "|---|---|" + "---|" * len(refs) + "---|"]
-    overall = {p: [] for p in refs}
+    """Markdown: per norm and pass, the geomean ratio (reference time / ours: > 1 means
+    tritonnorm is faster) of GPU time against torch, torch.compile (ours compiled too)
+    and every other provider of the run, of host time against torch, and tritonnorm's
+    median % of copy.  n/a where a run has no such time (no GPU: no GPU time)."""
+    def key(r):
+        return r["norm"], r["pass"], r["shape"], r["dtype"], r["layout"]
+    t = {(key(r), r["provider"], f): _num(r[f]) for r in rows for f in ("gpu_us", "host_us")}
+    cols = _columns({r["provider"] for r in rows})
+    lines = ["| norm | pass | " + " | ".join(c[0] for c in cols) + " | % of copy |",
+             "|---|---|" + "---|" * len(cols) + "---|"]
+    overall = {c: [] for c in cols}
     for norm, pass_ in dict.fromkeys((r["norm"], r["pass"]) for r in rows):
-        ours = {k[:5]: t for k, t in ms.items() if k[:2] == (norm, pass_) and k[5] == "tritonnorm"}
+        cases = list(dict.fromkeys(key(r) for r in rows if (r["norm"], r["pass"]) == (norm, pass_)))
         cells = []
-        for p in refs:
-            ratios = [ms[k + (p,)] / t if t > 0 else float("nan")
-                      for k, t in ours.items() if k + (p,) in ms]
-            overall[p] += ratios
+        for c in cols:
+            _, ours, ref, field = c
+            pairs = [(t.get((k, ref, field)), t.get((k, ours, field))) for k in cases]
+            ratios = [a / b if b else float("nan") for a, b in pairs if a is not None and b is not None]
+            overall[c] += ratios
             cells.append(_speedup(ratios))
-        pct = sorted(float(r["pct_of_copy"]) for r in rows
-                     if (r["norm"], r["pass"], r["provider"]) == (norm, pass_, "tritonnorm"))
+        pct = sorted(x for x in (_num(r["pct_of_copy"]) for r in rows
+                                 if (r["norm"], r["pass"], r["provider"]) == (norm, pass_, OURS))
+                     if x is not None)
         lines.append(f"| {norm} | {pass_} | " + " | ".join(cells)
-                     + f" | {pct[len(pct) // 2]:.3g}% |" if pct else " | - |")
-    lines.append("| **all** | | " + " | ".join(f"**{_speedup(overall[p])}**" for p in refs) + " | |")
+                     + (f" | {pct[len(pct) // 2]:.3g}% |" if pct else " | n/a |"))
+    lines.append("| **all** | | " + " | ".join(f"**{_speedup(overall[c])}**" for c in cols) + " | |")
     return "\n".join(lines)
