@@ -26,6 +26,7 @@ import tritonnorm
 
 from .bench import _timer
 from .models import MODELS
+from .timing import kernel_us
 
 COLUMNS = ["gpu", "torch", "triton", "timestamp", "model", "input", "layout", "dtype", "provider",
            "ms_median", "ms_q20", "ms_q80", "speedup_vs_torch", "norm_us", "norm_share"]
@@ -58,16 +59,9 @@ def _train_step(model: nn.Module, x: torch.Tensor):
     return step
 
 
-def norm_us(step, steps: int = 3):
+def norm_us(step, steps: int = 3) -> float:
     """µs per step of the kernels that name a norm (NORM_KERNELS), from torch.profiler."""
-    step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    return sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages()
-               if NORM_KERNELS.search(e.key)) / steps
+    return kernel_us(step, steps, NORM_KERNELS)
 
 
 def run_models(dtypes, out_dir="perf/out", names=None, tiny=None, budget_s=None) -> Path:

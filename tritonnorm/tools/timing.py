@@ -96,17 +96,26 @@ def _graph_us(fns: List[Callable], replays: int) -> Tuple[float, float, float]:
     return _quantiles([s.elapsed_time(e) * 1e3 / len(fns) for s, e in events])
 
 
-def _profiler_us(fns: List[Callable], rounds: int = 5) -> Tuple[float, float, float]:
-    for f in fns:
-        f()
+def kernel_us(fn: Callable, calls: int, match=None) -> float:
+    """µs per call of ``fn`` that the GPU spends in kernels (those whose name ``match``
+    finds, if given), from torch.profiler.  Only device events are summed: the runtime
+    calls that launch them carry the same time again."""
+    fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(rounds):
-            for f in fns:
-                f()
+        for _ in range(calls):
+            fn()
         torch.cuda.synchronize()
-    total = sum(getattr(e, "self_device_time_total", 0.0) for e in prof.key_averages())
-    us = total / (rounds * len(fns))
+    return sum(e.self_device_time_total for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA
+               and (match is None or match.search(e.key))) / calls
+
+
+def _profiler_us(fns: List[Callable], rounds: int = 5) -> Tuple[float, float, float]:
+    def all_sets():
+        for f in fns:
+            f()
+    us = kernel_us(all_sets, rounds) / len(fns)
     return us, us, us
 
 
