@@ -9,7 +9,7 @@
 #   models   training steps of ResNet-50, an SD-UNet down block, a Llama layer and a ViT-B
 #            block, with the norm kernels' share of each step
 #   host     host µs per eager call at tiny shapes (`bench --suite host`)
-#   profile  Nsight Compute on the 6 cases worst against torch and the 4 largest (perf/profile.py)
+#   profile  Nsight Compute on the 6 cases worst against torch and the 4 largest (perf/ncu_profile.py)
 #   summary  summary.md: ratios per norm and pass, the 5 worst cases and their bound, the steps
 # Optional stages (STAGES="... fused probe tune"): the fused epilogues, probe.py, a quick tune.
 #
@@ -132,7 +132,7 @@ for s in $STAGES; do
     host)
       stage host log.txt python3 -m tritonnorm bench --suite host --out "$R";;
     profile)
-      stage profile log.txt python3 perf/profile.py --bench "$R/bench.csv" --out "$R/profile.csv" \
+      stage profile log.txt python3 perf/ncu_profile.py --bench "$R/bench.csv" --out "$R/profile.csv" \
         --budget-s $((PROFILE_S - 30));;
     fused)
       stage fused log.txt python3 -m tritonnorm bench --suite fused --dtype bfloat16 --out "$R";;

@@ -5,7 +5,7 @@ the run's CSVs, each part only where its stage left its file.
    (> 1: tritonnorm faster), of host time against torch, and the median % of copy
    (tritonnorm.tools.report.summary over bench.csv).
 2. The 5 cases where tritonnorm's GPU time is worst against torch, with the bound that
-   Nsight Compute names for the pass's longest kernel (profile.csv, perf/profile.py).
+   Nsight Compute names for the pass's longest kernel (profile.csv, perf/ncu_profile.py).
 3. The model training steps (models.md).
 
     python3 perf/summary.py perf/out [--title "NVIDIA H200, 2026-11-30, commit abc1234"]

@@ -61,8 +61,8 @@ def test_the_plan_lists_the_model_steps_and_the_profile(plan):
 
 
 def test_profile_help_documents_its_metric_set():
-    profile = _load("profile")
-    done = subprocess.run(["python3", "perf/profile.py", "--help"], cwd=ROOT, capture_output=True,
+    profile = _load("ncu_profile")
+    done = subprocess.run(["python3", "perf/ncu_profile.py", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0
     for column, metric in profile.METRICS.items():
@@ -83,7 +83,7 @@ def _metrics(**kw):
     (_metrics(stall_long_sb=0.1, stall_barrier=2.0), "issue"),
 ])
 def test_profile_names_the_bound_of_a_kernel(metrics, bound):
-    assert _load("profile").bound(metrics) == bound
+    assert _load("ncu_profile").bound(metrics) == bound
 
 
 def _bench_rows():
@@ -96,7 +96,7 @@ def _bench_rows():
 
 
 def test_profile_picks_the_worst_cases_then_the_largest():
-    picked = _load("profile").pick(_bench_rows(), worst=1, largest=1)
+    picked = _load("ncu_profile").pick(_bench_rows(), worst=1, largest=1)
     assert picked == [(("group", "2x320x64x64", "bfloat16", "nchw", "fwd"), "worst vs torch (0.25x)"),
                       (("batch", "32x64x112x112", "bfloat16", "nchw", "fwd"), "largest")]
 
@@ -107,7 +107,7 @@ def test_summary_is_one_page_of_ratios_worst_cases_and_steps(tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    profile = _load("profile")
+    profile = _load("ncu_profile")
     with open(tmp_path / "profile.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=profile.COLUMNS)
         w.writeheader()

@@ -33,7 +33,7 @@ import triton
 import tritonnorm
 
 from .report import plot, summary
-from .timing import gpu_time, host_us, l2_bytes, rotation
+from .timing import gpu_time, host_us, l2_bytes, on_stream, rotation
 
 BYTES_PER_ELEMENT = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 F32, BF16 = torch.float32, torch.bfloat16
@@ -114,7 +114,10 @@ def _liger_layer(norm, shape):
             return LigerLayerNorm(shape[-1], eps=1e-5, bias=True)
         if norm == "rms":
             from liger_kernel.transformers.rms_norm import LigerRMSNorm
-            return LigerRMSNorm(shape[-1], eps=torch.finfo(torch.float32).eps)
+            try:   # in place, its backward would overwrite dy: each replay another dy
+                return LigerRMSNorm(shape[-1], eps=torch.finfo(torch.float32).eps, in_place=False)
+            except TypeError:
+                return LigerRMSNorm(shape[-1], eps=torch.finfo(torch.float32).eps)
         if norm == "group":
             from liger_kernel.transformers.group_norm import LigerGroupNorm
             return LigerGroupNorm(shape[1], min(32, shape[1]), eps=1e-5, bias=True)
@@ -180,7 +183,8 @@ def _pass_fns(layer, xs, dys, passes):
         return run
 
     def bwd(x, dy):
-        y = layer(x)
+        with on_stream():   # where the backward is captured (timing.py)
+            y = layer(x)
         return lambda: torch.autograd.grad(y, [x] + params, dy, retain_graph=True)
 
     def fwd_bwd(x, dy):
@@ -233,21 +237,54 @@ def _fmt(v, spec: str = ".4g") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def timing_rows(case: dict, provider: str, timed: dict, minimal_bytes: dict, copy_gbps):
+    """CSV rows (COLUMNS) of one provider's passes: ``timed`` = pass -> (Timing, host µs);
+    GB/s from the GPU time and the pass's ``minimal_bytes``; n/a where there is none."""
+    rows = []
+    for pass_, (t, host) in timed.items():
+        us = t.us or (None, None, None)
+        gbps = minimal_bytes[pass_] / us[0] / 1e3 if t.us else None
+        rows.append(dict(case, provider=provider, **{"pass": pass_}, method=t.method,
+                         gpu_us=_fmt(us[0], ".5g"), gpu_us_q20=_fmt(us[1], ".5g"),
+                         gpu_us_q80=_fmt(us[2], ".5g"), host_us=_fmt(host, ".4g"),
+                         gbps=_fmt(gbps), pct_of_copy=_fmt(gbps and copy_gbps and 100 * gbps / copy_gbps),
+                         copy_gbps=_fmt(copy_gbps)))
+    return rows
+
+
 # torch.compile costs seconds of compilation per shape (static shapes, a fresh cache per
 # layer), against a fraction of a second for an eager provider's three passes: within a
-# device run's budget the compiled providers take the first this many cases of each norm.
+# device run's budget the compiled providers come after every eager case, on the first
+# this many cases of each norm.
 COMPILED_CASES = 1
 
 
+def _phases(jobs_, providers):
+    """[(case, provider names)]: every case with the eager providers, then each norm's first
+    COMPILED_CASES cases with the compiled ones."""
+    eager = [n for n in providers if not n.endswith("compile")]
+    compiled = [n for n in providers if n.endswith("compile")]
+    seen, later = {}, []
+    for job in jobs_:
+        seen[job[0]] = seen.get(job[0], 0) + 1
+        if compiled and seen[job[0]] <= COMPILED_CASES:
+            later.append((job, compiled))
+    return [(job, eager) for job in jobs_] + later
+
+
+def no_donated_buffers():
+    """torch.compile's backward, replayed with retain_graph, must not donate its buffers."""
+    import torch._functorch.config as functorch_config
+    if hasattr(functorch_config, "donated_buffer"):
+        return functorch_config.patch(donated_buffer=False)
+    return contextlib.nullcontext()
+
+
 def _measure(jobs_, providers, meta, device, budget_s, path):
-    rows, start, l2, rank = [], time.perf_counter(), l2_bytes(), {}
+    rows, start, l2 = [], time.perf_counter(), l2_bytes()
     calls = 30 if device == "cuda" else 3   # host time: the interpreter is slow
-    for i, (norm, shape, dtype, layout) in enumerate(jobs_):
-        rank[norm] = rank.get(norm, -1) + 1
-        if budget_s is not None and i and time.perf_counter() - start > budget_s:
-            print(f"\ntime budget of {budget_s:.0f} s spent: {len(jobs_) - i} of {len(jobs_)} "
-                  "cases not measured", file=sys.stderr)
-            break
+    todo = _phases(jobs_, providers)
+    for i, ((norm, shape, dtype, layout), names) in enumerate(todo):
         xs, dys = _inputs(shape, dtype, layout, device, l2)
         nbytes = xs[0].numel() * xs[0].element_size()
         copy = gpu_time([lambda x=x: x.detach().clone(memory_format=torch.preserve_format)
@@ -255,11 +292,13 @@ def _measure(jobs_, providers, meta, device, budget_s, path):
         copy_gbps = 2 * nbytes / copy.us[0] / 1e3 if copy.us else None
         case = dict(meta, norm=norm, shape="x".join(map(str, shape)), layout=layout,
                     dtype=str(dtype).replace("torch.", ""), sets=len(xs))
-        for name, make in providers.items():
-            if name.endswith("compile") and rank[norm] >= COMPILED_CASES:
-                continue
+        for name in names:
+            if budget_s is not None and rows and time.perf_counter() - start > budget_s:
+                print(f"\ntime budget of {budget_s:.0f} s spent: {len(todo) - i} of {len(todo)} "
+                      "cases (or their compiled providers) not measured", file=sys.stderr)
+                return rows
             try:
-                layer = make(norm, shape)
+                layer = providers[name](norm, shape)
                 if layer is None:
                     continue
                 fns = _pass_fns(layer.to(device, dtype), xs, dys, SWEEP[norm][2])
@@ -269,18 +308,11 @@ def _measure(jobs_, providers, meta, device, budget_s, path):
                 continue
             finally:
                 fns = layer = None
-            for pass_, (t, host) in timed.items():
-                us = t.us or (None, None, None)
-                gbps = BYTES_PER_ELEMENT[pass_] * nbytes / us[0] / 1e3 if t.us else None
-                rows.append(dict(case, provider=name, **{"pass": pass_}, method=t.method,
-                                 gpu_us=_fmt(us[0], ".5g"), gpu_us_q20=_fmt(us[1], ".5g"),
-                                 gpu_us_q80=_fmt(us[2], ".5g"), host_us=_fmt(host, ".4g"),
-                                 gbps=_fmt(gbps),
-                                 pct_of_copy=_fmt(gbps and copy_gbps and 100 * gbps / copy_gbps),
-                                 copy_gbps=_fmt(copy_gbps)))
-        _write_csv(rows, path)  # after each case: a run cut off from outside keeps its rows
-        done = (i + 1) * 30 // len(jobs_)
-        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(jobs_)} "
+            rows += timing_rows(case, name, timed,
+                                {p: n * nbytes for p, n in BYTES_PER_ELEMENT.items()}, copy_gbps)
+            _write_csv(rows, path)  # after each provider: a run cut off from outside keeps its rows
+        done = (i + 1) * 30 // len(todo)
+        print(f"\r[{'#' * done}{' ' * (30 - done)}] {i + 1}/{len(todo)} "
               f"{time.perf_counter() - start:4.0f}s {norm} "
               f"{'x'.join(map(str, shape))} {str(dtype)[6:]} {layout}    ", end="", file=sys.stderr)
     print(file=sys.stderr)
@@ -302,11 +334,8 @@ def run_bench(norms, dtypes, quick=False, out_dir="perf/out", budget_s=None, tin
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench.csv"
-    # torch.compile's backward, replayed with retain_graph, must not donate its buffers.
-    import torch._functorch.config as functorch_config
-    no_donation = (functorch_config.patch(donated_buffer=False)
-                   if hasattr(functorch_config, "donated_buffer") else contextlib.nullcontext())
-    with no_donation, world_of_one(device) if "syncbatch" in norms else contextlib.nullcontext():
+    with no_donated_buffers(), (world_of_one(device) if "syncbatch" in norms
+                                else contextlib.nullcontext()):
         rows = _measure(todo, _providers(on_gpu), meta, device, budget_s, path)
     return report(rows, path, out / "summary.md", where, on_gpu)
 

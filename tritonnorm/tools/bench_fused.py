@@ -22,8 +22,8 @@ import triton
 
 import tritonnorm.functional as TF
 
-from .bench import _fmt, _inputs, _write_csv, report
-from .timing import gpu_time, host_us, l2_bytes
+from .bench import _inputs, _write_csv, no_donated_buffers, report, timing_rows
+from .timing import gpu_time, host_us, l2_bytes, on_stream
 
 
 def _add_norm(norm):
@@ -75,7 +75,8 @@ def _pass_fns(fn, x, r, w, b, uses_r):
     def fwd():
         with torch.no_grad():
             return fn(x, r, w, b)
-    out = fn(x, r, w, b)
+    with on_stream():   # where the backward alone is captured (timing.py)
+        out = fn(x, r, w, b)
     outs = out if isinstance(out, tuple) else (out,)
     grads = tuple(torch.ones_like(o) for o in outs)   # no CUDA generator (timing.py)
     return {"fwd": fwd,
@@ -97,33 +98,38 @@ def run_fused(dtypes, out_dir="perf/out") -> Path:
     # The first shape of every case before the second of any: a run cut short covers each.
     jobs = [(n, shape, d) for i in range(2) for n, case in CASES.items()
             for shape in (case[3] if on_gpu else case[4])[i:i + 1] for d in dtypes]
-    for i, (norm, shape, dtype) in enumerate(jobs):
-        print(f"[{i + 1}/{len(jobs)}] {norm} {'x'.join(map(str, shape))} {str(dtype)[6:]}",
-              flush=True)
-        ours, ref, nbytes, _, _, cl, uses_r, has_b = CASES[norm]
-        layout = "nhwc" if cl else "nchw"
-        xs, rs = _inputs(shape, dtype, layout, device, l2)
-        rs = [r.requires_grad_() for r in rs]
-        c = shape[1] if cl else shape[-1]
-        w, b = (torch.linspace(0.5, 1.5, c).to(device, dtype).requires_grad_() for _ in "wb")
-        b = b if has_b else None
-        size = xs[0].numel() * xs[0].element_size()
-        copy = gpu_time([lambda x=x: x.detach().clone() for x in xs])
-        copy_gbps = 2 * size / copy.us[0] / 1e3 if copy.us else None
-        for name, fn in _providers(ours, ref, on_gpu).items():
-            sets = [_pass_fns(fn, x, r, w, b, uses_r) for x, r in zip(xs, rs)]
-            for pass_ in sets[0]:
-                fns = [p[pass_] for p in sets]
-                t, host = gpu_time(fns), host_us(fns[0], 30 if on_gpu else 3)
-                us = t.us or (None, None, None)
-                gbps = nbytes[pass_] * size / us[0] / 1e3 if t.us else None
-                rows.append(dict(meta, provider=name, norm=norm, **{"pass": pass_},
-                                 shape="x".join(map(str, shape)),
-                                 dtype=str(dtype).replace("torch.", ""), layout=layout,
-                                 method=t.method, sets=len(xs), gpu_us=_fmt(us[0], ".5g"),
-                                 gpu_us_q20=_fmt(us[1], ".5g"), gpu_us_q80=_fmt(us[2], ".5g"),
-                                 host_us=_fmt(host, ".4g"), gbps=_fmt(gbps),
-                                 pct_of_copy=_fmt(gbps and copy_gbps and 100 * gbps / copy_gbps),
-                                 copy_gbps=_fmt(copy_gbps)))
-        _write_csv(rows, out / "fused.csv")   # a run cut off from outside keeps its rows
+    with no_donated_buffers():
+        for i, (norm, shape, dtype) in enumerate(jobs):
+            print(f"[{i + 1}/{len(jobs)}] {norm} {'x'.join(map(str, shape))} {str(dtype)[6:]}",
+                  flush=True)
+            _case(rows, meta, out, norm, shape, dtype, device, l2)
     return report(rows, out / "fused.csv", out / "fused.md", where, on_gpu)
+
+
+def _case(rows, meta, out, norm, shape, dtype, device, l2):
+    """Measure one case against every provider; its rows go to ``rows`` and fused.csv."""
+    on_gpu = device == "cuda"
+    ours, ref, nbytes, _, _, cl, uses_r, has_b = CASES[norm]
+    layout = "nhwc" if cl else "nchw"
+    xs, rs = _inputs(shape, dtype, layout, device, l2)
+    rs = [r.requires_grad_() for r in rs]
+    c = shape[1] if cl else shape[-1]
+    w, b = (torch.linspace(0.5, 1.5, c).to(device, dtype).requires_grad_() for _ in "wb")
+    b = b if has_b else None
+    size = xs[0].numel() * xs[0].element_size()
+    copy = gpu_time([lambda x=x: x.detach().clone() for x in xs])
+    copy_gbps = 2 * size / copy.us[0] / 1e3 if copy.us else None
+    for name, fn in _providers(ours, ref, on_gpu).items():
+        try:
+            sets = [_pass_fns(fn, x, r, w, b, uses_r) for x, r in zip(xs, rs)]
+            timed = {p: (gpu_time([s[p] for s in sets]), host_us(sets[0][p], 30 if on_gpu else 3))
+                     for p in sets[0]}
+        except Exception as e:  # one provider failing must not end the suite
+            print(f"{name} {norm} {shape} {dtype}: {type(e).__name__}: {e}")
+            continue
+        finally:
+            sets = None
+        rows += timing_rows(dict(meta, norm=norm, shape="x".join(map(str, shape)), layout=layout,
+                                 dtype=str(dtype).replace("torch.", ""), sets=len(xs)),
+                            name, timed, {p: n * size for p, n in nbytes.items()}, copy_gbps)
+    _write_csv(rows, out / "fused.csv")   # a run cut off from outside keeps its rows

@@ -14,12 +14,17 @@
 
 A pass that syncs the host is found before any capture (``torch.cuda.set_sync_debug_mode``),
 because a failed capture can leave a process unable to draw random numbers (an H200 run
-with torch's instance_norm); the bench makes its inputs without the CUDA generator.
+with torch's instance_norm): the bench makes its inputs without the CUDA generator, and
+after one failed capture the process times every later pass with the profiler.  Passes
+are captured on one dedicated stream (``on_stream``), where the bench also runs the
+forwards whose backward alone it times: autograd runs a backward op on its forward's
+stream, and a capture may not wait on another stream's work.
 
 **Host time** (µs per call): the wall time of one eager call with the GPU queue drained
 before it and not waited for after it -- what the host spends issuing the call.  The
 median of ``HOST_CALLS`` calls.  On the CPU (no GPU) it is the wall time of the call.
 """
+import contextlib
 import statistics
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
@@ -35,6 +40,30 @@ MIN_SETS = 2
 class Timing(NamedTuple):
     method: str                                   # "cuda_graph", "profiler" or "n/a"
     us: Optional[Tuple[float, float, float]]      # (median, q20, q80) µs per pass, or None
+
+
+_STREAM = []            # the capture stream, made on first use
+_CAPTURE_FAILED = []    # set after a failed capture: the profiler from then on
+
+
+def _stream():
+    if not _STREAM:
+        _STREAM.append(torch.cuda.Stream())
+    return _STREAM[0]
+
+
+@contextlib.contextmanager
+def on_stream():
+    """Run the block on the capture stream, ordered after and before the current
+    stream's work (nothing on the CPU)."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    here, s = torch.cuda.current_stream(), _stream()
+    s.wait_stream(here)
+    with torch.cuda.stream(s):
+        yield
+    here.wait_stream(s)
 
 
 def l2_bytes() -> int:
@@ -72,17 +101,20 @@ def _syncs(fns: List[Callable]) -> bool:
 
 
 def _graph_us(fns: List[Callable], replays: int) -> Tuple[float, float, float]:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):   # warm-up off the capture stream, as torch's docs do
+    with on_stream():   # warm-up on the capture stream, as torch's docs do
         for f in fns:
             f()
-    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     keep = []   # every pass's outputs stay alive: each pass writes its own buffers
-    with torch.cuda.graph(graph):
-        for f in fns:
-            keep.append(f())
+    here = torch.cuda.current_stream()
+    _stream().wait_stream(here)
+    try:
+        with torch.cuda.graph(graph, stream=_stream()):
+            for f in fns:
+                keep.append(f())
+    finally:
+        # torch.cuda.graph leaves its stream current where the capture fails.
+        torch.cuda.set_stream(here)
     graph.replay()
     torch.cuda.synchronize()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -111,12 +143,13 @@ def kernel_us(fn: Callable, calls: int, match=None) -> float:
                and (match is None or match.search(e.key))) / calls
 
 
-def _profiler_us(fns: List[Callable], rounds: int = 5) -> Tuple[float, float, float]:
+def _profiler_us(fns: List[Callable], rounds: int = 5) -> Optional[Tuple[float, float, float]]:
+    """None where the profiler saw no kernel time (CUPTI busy or missing)."""
     def all_sets():
         for f in fns:
             f()
     us = kernel_us(all_sets, rounds) / len(fns)
-    return us, us, us
+    return (us, us, us) if us > 0 else None
 
 
 def gpu_time(fns: List[Callable], replays: int = REPLAYS) -> Timing:
@@ -127,10 +160,13 @@ def gpu_time(fns: List[Callable], replays: int = REPLAYS) -> Timing:
     for f in fns:   # first calls: compile, autotune, allocate
         f()
     torch.cuda.synchronize()
-    if not _syncs(fns):
+    if not _CAPTURE_FAILED and not _syncs(fns):
         try:
             return Timing("cuda_graph", _graph_us(fns, replays))
-        except RuntimeError:
+        except RuntimeError as e:
+            _CAPTURE_FAILED.append(e)
+            print(f"a CUDA-graph capture failed ({type(e).__name__}: {str(e)[:200]}); "
+                  "GPU times from torch.profiler from here on")
             torch.cuda.synchronize()
     return Timing("profiler", _profiler_us(fns))
 

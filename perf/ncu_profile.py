@@ -3,7 +3,8 @@
 GPU only.  Reads the sweep's bench.csv, picks the cases where tritonnorm's GPU time is
 worst against torch eager (``--worst``) and the largest cases (``--largest``), and runs
 each pass once under ``ncu --clock-control none`` (the card's clocks are left alone),
-the pass's kernels only (an NVTX range around it).  One CSV row per kernel launch,
+the pass's kernels only (``cudaProfilerStart``/``Stop`` around it: process-wide, so the
+backward's kernels, launched from autograd's own thread, count).  One CSV row per kernel launch,
 with the metric set below and the bound it names; a markdown table beside it.  Where
 ncu is missing or refused (it cannot read the counters on every machine), it says so
 and exits 0: the run goes on.
@@ -28,23 +29,21 @@ The bound named per kernel (``bound``), first match:
   latency        long scoreboard the top stall: waiting on global loads, too few in flight
   issue          anything else: instructions, not memory, set the pace
 
-    python3 perf/profile.py --bench perf/out/bench.csv --out perf/out/profile.csv
-    python3 perf/profile.py --run layer,4096x4096,bfloat16,nchw,fwd   (what ncu runs)
+    python3 perf/ncu_profile.py --bench perf/out/bench.csv --out perf/out/profile.csv
+    python3 perf/ncu_profile.py --run layer,4096x4096,bfloat16,nchw,fwd   (what ncu runs)
+
+Not ``profile.py``: this folder goes on sys.path when a script here runs (and in some
+tests), where a ``profile.py`` would shadow the standard library's, which cProfile, and so
+torch._dynamo, imports.
 """
+import argparse
+import csv
+import io
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
-
-# Run as a script, this folder is sys.path[0], where this file would shadow the standard
-# library's `profile`, which cProfile (and so torch) imports: take the folder off the path.
-if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
 
 METRICS = {
     "duration_us": "gpu__time_duration.sum",
@@ -61,7 +60,6 @@ METRICS = {
 }
 COLUMNS = ["norm", "shape", "dtype", "layout", "pass", "why", "kernel", *METRICS, "bound"]
 DRAM_BOUND_PCT = 60.0   # see the module docstring
-RANGE = "tritonnorm_profile"
 
 
 def bound(m: dict) -> str:
@@ -103,7 +101,7 @@ def pick(rows, worst: int, largest: int):
 
 
 def run_case(spec: str) -> None:
-    """The pass ncu profiles: warm up (compile), then once inside the NVTX range."""
+    """The pass ncu profiles: warm up (compile), then once between cudaProfilerStart and Stop."""
     import torch
 
     import tritonnorm
@@ -115,10 +113,10 @@ def run_case(spec: str) -> None:
     fn = _pass_fns(layer, xs[:1], dys[:1], (pass_,))[pass_][0]
     fn()
     torch.cuda.synchronize()
-    torch.cuda.nvtx.range_push(RANGE)
+    torch.cuda.profiler.start()
     fn()
-    torch.cuda.nvtx.range_pop()
     torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
 
 
 def _parse(text: str):
@@ -129,28 +127,48 @@ def _parse(text: str):
     for r in rows[1:]:   # rows[0] holds the units
         try:
             m = {k: float(r[v].replace(",", "")) for k, v in METRICS.items()}
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, AttributeError):   # a short line: None for a value
             continue
         m["duration_us"] /= 1e3
         out.append((r.get("Kernel Name", "?"), m))
     return out
 
 
-def profile(cases, out: Path, budget_s: float) -> int:
+def _write(rows, out: Path) -> None:
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    md = ["| case | pass | why | kernel | µs | DRAM % | occupancy % | regs | bound |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['norm']} {r['shape']} {r['dtype']} {r['layout']} | {r['pass']} | {r['why']} | "
+           f"{r['kernel']} | {r['duration_us']} | {r['dram_pct']} | {r['occupancy_pct']} | "
+           f"{r['regs_per_thread']} | {r['bound']} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+
+
+def profile(cases, out: Path, budget_s: float, grace_s: float = 25.0) -> int:
+    """Profile ``cases`` until ``budget_s`` (no case starts later; a running one gets
+    ``grace_s`` more), writing the files after each case."""
     ncu = shutil.which("ncu")
     if ncu is None:
         print("ncu is not on this machine: no profile (the run goes on)")
         return 0
     rows, start = [], time.perf_counter()
+    _write(rows, out)
     for (case, why) in cases:
+        left = budget_s + grace_s - (time.perf_counter() - start)
         if time.perf_counter() - start > budget_s:
             print(f"time budget of {budget_s:.0f} s spent: {case} and later cases not profiled")
             break
-        cmd = [ncu, "--clock-control", "none", "--print-units", "base", "--nvtx",
-               "--nvtx-include", f"{RANGE}/",
+        cmd = [ncu, "--clock-control", "none", "--print-units", "base", "--profile-from-start", "off",
                "--csv", "--page", "raw", "--metrics", ",".join(METRICS.values()),
                sys.executable, __file__, "--run", ",".join(case)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(5.0, left))
+        except subprocess.TimeoutExpired:
+            print(f"ncu ran past the budget on {case}: stopped there")
+            break
         kernels = _parse(done.stdout)
         if not kernels:
             why_not = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -163,17 +181,8 @@ def profile(cases, out: Path, budget_s: float) -> int:
         for kernel, m in kernels:
             rows.append(dict(zip(COLUMNS[:5], case), why=why, kernel=kernel[:60],
                              **{k: f"{v:.4g}" for k, v in m.items()}, bound=bound(m)))
+        _write(rows, out)
         print(f"profiled {','.join(case)}: {len(kernels)} kernels", flush=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    md = ["| case | pass | why | kernel | µs | DRAM % | occupancy % | regs | bound |",
-          "|---|---|---|---|---|---|---|---|---|"]
-    md += [f"| {r['norm']} {r['shape']} {r['dtype']} {r['layout']} | {r['pass']} | {r['why']} | "
-           f"{r['kernel']} | {r['duration_us']} | {r['dram_pct']} | {r['occupancy_pct']} | "
-           f"{r['regs_per_thread']} | {r['bound']} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
