@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import tritonnorm.functional as TF
 from tritonnorm import config
+from tritonnorm.tools.timing import kernel_us
 
 # name -> (shape, dtype, channels_last, ours(x, w, b), torch(x, w, b), params)
 CASES = {
@@ -46,14 +47,7 @@ VARIANTS = [{}, {"split_scale": 4}, {"num_warps": 4}, {"num_warps": 16}, {"max_t
 
 def _kernel_ms(fn, iters: int = 20) -> float:
     """Mean device time of fn's kernels per call, in ms."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    total_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
-    return total_us / iters / 1e3
+    return kernel_us(fn, iters) / 1e3
 
 
 def _passes(norm, x, w, b, g):

@@ -12,10 +12,10 @@ the run's CSVs, each part only where its stage left its file.
 """
 import argparse
 import csv
-import math
 import sys
 from pathlib import Path
 
+from tritonnorm.tools.report import number
 from tritonnorm.tools.report import summary as sweep_table
 
 
@@ -26,24 +26,16 @@ def _read(path: Path):
         return list(csv.DictReader(f))
 
 
-def _num(v):
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def worst(bench, profile, n: int = 5) -> str:
     """Markdown: the ``n`` cases worst against torch eager, and the bound of each."""
     def case(r):
         return r["norm"], r["shape"], r["dtype"], r["layout"], r["pass"]
-    t = {(case(r), r["provider"]): _num(r["gpu_us"]) for r in bench}
+    t = {(case(r), r["provider"]): number(r["gpu_us"]) for r in bench}
     ratios = sorted((t[(c, "torch")] / us, c, us) for (c, p), us in t.items()
                     if p == "tritonnorm" and us and t.get((c, "torch")))
     longest = {}
     for r in profile or []:
-        c, us = case(r), _num(r["duration_us"]) or 0.0
+        c, us = case(r), number(r["duration_us"]) or 0.0
         if us >= longest.get(c, (0.0, ""))[0]:
             longest[c] = (us, f"{r['bound']} ({r['kernel'][:30]}, {us:.4g} µs)")
     lines = ["| case | pass | ours µs | torch µs | vs torch | bound (ncu) |",

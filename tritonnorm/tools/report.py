@@ -11,7 +11,7 @@ def _numel(shape: str) -> int:
     return math.prod(int(d) for d in shape.split("x"))
 
 
-def _num(v):
+def number(v):
     """A CSV cell as a finite float, or None ("n/a", empty, inf, nan)."""
     try:
         x = float(v)
@@ -31,7 +31,7 @@ def plot(rows, out: Path) -> list:
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
-    gpu = any(_num(r["gbps"]) for r in rows)
+    gpu = any(number(r["gbps"]) for r in rows)
     field, label = ("gbps", "GB/s (minimal bytes, GPU time)") if gpu else (
         "host_us", "host µs per call (no GPU time: not GPU numbers)")
     written = []
@@ -44,12 +44,12 @@ def plot(rows, out: Path) -> list:
         for ax, (dtype, layout) in zip(axes.flat, [(d, l) for d in dtypes for l in layouts]):
             cell = [r for r in sel if (r["dtype"], r["layout"]) == (dtype, layout)]
             for prov in dict.fromkeys(r["provider"] for r in cell):
-                pts = sorted((_numel(r["shape"]), _num(r[field])) for r in cell
-                             if r["provider"] == prov and _num(r[field]))
+                pts = sorted((_numel(r["shape"]), number(r[field])) for r in cell
+                             if r["provider"] == prov and number(r[field]))
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=prov)
-            roof = sorted({(_numel(r["shape"]), _num(r["copy_gbps"])) for r in cell
-                           if _num(r["copy_gbps"])})
+            roof = sorted({(_numel(r["shape"]), number(r["copy_gbps"])) for r in cell
+                           if number(r["copy_gbps"])})
             if gpu and roof:
                 ax.plot(*zip(*roof), "k--", marker="_", markersize=14, label="copy roofline")
             ax.set_xscale("log", base=2)
@@ -96,7 +96,7 @@ def summary(rows) -> str:
     median % of copy.  n/a where a run has no such time (no GPU: no GPU time)."""
     def key(r):
         return r["norm"], r["pass"], r["shape"], r["dtype"], r["layout"]
-    t = {(key(r), r["provider"], f): _num(r[f]) for r in rows for f in ("gpu_us", "host_us")}
+    t = {(key(r), r["provider"], f): number(r[f]) for r in rows for f in ("gpu_us", "host_us")}
     cols = _columns({r["provider"] for r in rows})
     lines = ["| norm | pass | " + " | ".join(c[0] for c in cols) + " | % of copy |",
              "|---|---|" + "---|" * len(cols) + "---|"]
@@ -110,7 +110,7 @@ def summary(rows) -> str:
             ratios = [a / b if b else float("nan") for a, b in pairs if a is not None and b is not None]
             overall[c] += ratios
             cells.append(_speedup(ratios))
-        pct = sorted(x for x in (_num(r["pct_of_copy"]) for r in rows
+        pct = sorted(x for x in (number(r["pct_of_copy"]) for r in rows
                                  if (r["norm"], r["pass"], r["provider"]) == (norm, pass_, OURS))
                      if x is not None)
         lines.append(f"| {norm} | {pass_} | " + " | ".join(cells)
