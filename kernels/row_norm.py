@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .activation import act
-from .tiles import (div, lane_moments, lane_welford, out_offsets, row_block, rsqrt,
+from .tiles import (div, lane_moments, lane_welford, out_offsets, per_row, row_block, rsqrt,
                     tile_moments, tile_offsets, wide)
 
 
@@ -190,7 +190,7 @@ def _qmax(QUANT: tl.constexpr):
 
 @triton.jit
 def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.constexpr):
-    """[BLOCK_G, 1, 1] scale of each row: amax / qmax in fp32, stored (DYNAMIC; rows with
+    """The scale of each row, shaped for the tile (tiles.per_row): amax / qmax in fp32, stored (DYNAMIC; rows with
     no value above 1e-12 get 1e-12 / qmax, so they quantize to 0), or the given one."""
     if DYNAMIC:
         a = tl.maximum(amax.to(tl.float32), 1e-12)
@@ -198,7 +198,7 @@ def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.cons
         tl.store(Scale_ptr + rs, scale, mask=rmask)
     else:
         scale = tl.load(Scale_ptr + rs * 0).to(tl.float32)
-    return scale[:, None, None]
+    return per_row(scale)
 
 
 @triton.jit
@@ -320,8 +320,8 @@ def row_norm_fwd(
                     if UPDATE_RUNNING:
                         _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask,
                                         mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)
-            mean3 = mean[:, None, None]
-            rstd3 = rstd[:, None, None]
+            mean3 = per_row(mean)
+            rstd3 = per_row(rstd)
             if RESIDENT:
                 if W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
                     w, b = w_res.to(ACC), b_res.to(ACC)

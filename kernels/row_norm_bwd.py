@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .activation import act_grad, mask_grad
 from .row_norm import _chunk, _load_params, _tile_j
-from .tiles import div, out_offsets, row_block, rsqrt, sum_js, tile_offsets, wide
+from .tiles import div, out_offsets, per_row, row_block, rsqrt, sum_js, tile_offsets, wide
 
 
 @triton.jit
@@ -117,7 +117,7 @@ def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE: t
                ACC: tl.constexpr, BLOCK_G: tl.constexpr):
     """Row block rb (see row_block) and its saved mean and rstd, shaped for the tile."""
     n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
-    mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)[:, None, None]
+    mean = per_row(tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC))
     return n, g0, rmask, r, rs, mean, _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE, ACC)
 
 
@@ -140,23 +140,23 @@ def _given_sums(Part_ptr, r, rmask, n_part, PHASE: tl.constexpr, ACC: tl.constex
 
 @triton.jit
 def _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE: tl.constexpr, ACC: tl.constexpr):
-    """[BLOCK_G, 1, 1] rstd of the rows: saved, or from the given variance (PHASE 3)."""
+    """rstd of the rows, shaped for the tile (tiles.per_row): saved, or from the given
+    variance (PHASE 3)."""
     v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
     if PHASE == 3:
         v = rsqrt(v + wide(v, eps_hi, eps_lo))
-    return v[:, None, None]
+    return per_row(v)
 
 
 @triton.jit
 def _row_means(a1, a2, M):
-    """mean(w*dy*xhat) and mean(w*dy) of rows of M elements, as [BLOCK_G, 1, 1]."""
-    return (div(a1, tl.zeros_like(a1) + M)[:, None, None],
-            div(a2, tl.zeros_like(a2) + M)[:, None, None])
+    """mean(w*dy*xhat) and mean(w*dy) of rows of M elements, shaped for the tile."""
+    return (per_row(div(a1, tl.zeros_like(a1) + M)), per_row(div(a2, tl.zeros_like(a2) + M)))
 
 
 @triton.jit
 def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr):
-    """(dx, xhat) of one tile; mean/rstd/c1/c2 are [BLOCK_G, 1, 1]."""
+    """(dx, xhat) of one tile; mean/rstd/c1/c2 per row, shaped for the tile (per_row)."""
     xhat = (x - mean) * rstd if CENTER else x * rstd
     dx = w * dy - xhat * c1
     if CENTER:

@@ -29,6 +29,20 @@ def row_block(rb, nGB, G, stat_sN, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
+def per_row(v):
+    """A per-row vector ``v`` [BLOCK_G] as a [BLOCK_G, BLOCK_J, BLOCK_S] tile broadcasts
+    it: [BLOCK_G, 1, 1], or a scalar for a one-row block (the value itself: a sum of one
+    element).  Why the scalar: triton 3.6 lays the [1, 1, 1] broadcast of a reduction's
+    result out so that every thread holds the whole tile, then converts that through
+    shared memory (about 2,050 shared stores a thread per 4,096-element tile,
+    ../shared/tools/sass_model.py); a scalar broadcasts in registers."""
+    if v.shape[0] == 1:
+        return tl.sum(v, axis=0)
+    else:
+        return v[:, None, None]
+
+
+@triton.jit
 def tile_offsets(t, n, g0, G, Cg, S,
                  sN, sG, sJ, sS, nSB,
                  BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
