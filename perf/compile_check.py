@@ -13,14 +13,17 @@ is at hand:
 2. *compile* -- in a fresh process without the interpreter, build each distinct
    specialisation with ``triton.compile`` for ``cuda:<arch>`` (ptxas ships with
    triton, so PTX and cubin are produced without a driver), then read its
-   registers, stack and shared memory with the cuobjdump triton ships.
+   registers, stack and shared memory with the cuobjdump triton ships, its shared-memory
+   stores (STS, a static count of the SASS) and, from its TTGIR, the tile-sized layout
+   conversions whose source layout gives every thread the whole tile (REPL).
 
 Usage:  python perf/compile_check.py [--arch 90] [--jobs 2] [--quick] [--norm N ...]
-Exit status 0 when every specialisation compiles.
+Exit status 0 when every specialisation compiles and none converts a replicated tile.
 """
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -215,6 +218,52 @@ def _resources(cubin: bytes) -> dict:
     return {k: int(v) for k, v in (kv.split(":") for kv in line.split()[:4])} if line else {}
 
 
+_BLOCKED = re.compile(r"^#(blocked\d*) = #ttg\.blocked<\{([^}]*)\}>", re.M)
+_CONVERT = re.compile(r"ttg\.convert_layout .*?: tensor<([0-9x]+)x\w+, #(blocked\d*)>")
+# A convert of a tensor this large is a tile's, not a per-row vector's (BLOCK_G <= 64).
+TILE_ELEMS = 1024
+
+
+def _held_per_thread(dims, layout: str) -> int:
+    """Elements of a ``dims`` tensor each thread holds in a blocked ``layout``: a dimension
+    no larger than the layout's footprint (size per thread x threads x warps) is
+    replicated, each thread holding min(size, its size per thread) of it."""
+    get = {k: [int(v) for v in re.search(k + r" = \[([0-9, ]+)\]", layout).group(1).split(",")]
+           for k in ("sizePerThread", "threadsPerWarp", "warpsPerCTA")}
+    held = 1
+    for d, spt, tpw, wpc in zip(dims, get["sizePerThread"], get["threadsPerWarp"], get["warpsPerCTA"]):
+        foot = spt * tpw * wpc
+        held *= min(d, spt) if d <= foot else spt * -(-d // foot)
+    return held
+
+
+def replicated_converts(ttgir: str) -> int:
+    """Tile-sized layout conversions whose source layout gives every thread the whole
+    tile: lowered through shared memory, thousands of stores a thread (triton 3.6 makes
+    them from a [1, 1, 1] broadcast of a reduction's result; kernels/tiles.per_row)."""
+    layouts = dict(_BLOCKED.findall(ttgir))
+    n = 0
+    for shape, src in _CONVERT.findall(ttgir):
+        dims = [int(d) for d in shape.split("x")]
+        numel = 1
+        for d in dims:
+            numel *= d
+        if numel >= TILE_ELEMS and src in layouts and _held_per_thread(dims, layouts[src]) >= numel:
+            n += 1
+    return n
+
+
+def _shared_stores(cubin: bytes) -> int:
+    """STS instructions in the kernel's SASS (a static count), from triton's cuobjdump."""
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    return len(re.findall(r"\bSTS(?:\.\w+)*\s", text))
+
+
 def _compile_one(item, arch: int):
     """Compile one recorded launch; returns (name, error or None, seconds, resources)."""
     import triton
@@ -244,6 +293,8 @@ def _compile_one(item, arch: int):
         return name, f"{type(e).__name__}: {str(e)[-2000:]}", time.perf_counter() - t0, {}
     secs, res = time.perf_counter() - t0, _resources(k.asm["cubin"])
     res["SHARED"] = max(res.get("SHARED", 0), k.metadata.shared)
+    res["STS"] = _shared_stores(k.asm["cubin"])
+    res["REPL"] = replicated_converts(k.asm["ttgir"])
     if res["SHARED"] > MAX_SHARED.get(arch, 1 << 30):
         return name, f"needs {res['SHARED']} B of shared memory, sm_{arch} has {MAX_SHARED[arch]}", secs, res
     return name, None, secs, res
@@ -252,7 +303,7 @@ def _compile_one(item, arch: int):
 def compile_all(path: str, arch: int, jobs: int) -> int:
     with open(path) as f:
         items = [tuple(i) for i in json.load(f)]
-    failures, spills, regs = 0, 0, 0
+    failures, spills, regs, replicated = 0, 0, 0, 0
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:
         for i, ((name, err, secs, res), (_, desc)) in enumerate(zip(
@@ -260,17 +311,21 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
             flags = {k: v[1] for k, v in desc.items() if v[0] in ("const", "dtype", "launch")}
             spilled = res.get("LOCAL", 0) > 0 or res.get("STACK", 0) > 0
             progress = f"{i}/{len(items)} {time.perf_counter() - start:4.0f}s"
-            print(f"{progress:>14} {'FAIL' if err else 'STACK' if spilled else 'ok':<6}{name:<14}{secs:6.1f}s  "
-                  f"{' '.join(f'{k}:{v}' for k, v in res.items()):<36}{flags}")
+            repl = res.get("REPL", 0) > 0
+            state = "FAIL" if err else "REPL" if repl else "STACK" if spilled else "ok"
+            print(f"{progress:>14} {state:<6}{name:<14}{secs:6.1f}s  "
+                  f"{' '.join(f'{k}:{v}' for k, v in res.items()):<50}{flags}")
             if err:
                 failures += 1
                 print(err)
             spills += spilled
+            replicated += repl
             regs = max(regs, res.get("REG", 0))
     print(f"{len(items) - failures}/{len(items)} specialisations compile for sm_{arch}; "
           f"{spills} use a stack frame (register spills or local arrays); "
+          f"{replicated} convert a replicated tile through shared memory; "
           f"at most {regs} registers a thread")
-    return 1 if failures else 0
+    return 1 if failures or replicated else 0
 
 
 def main(argv=None) -> int:

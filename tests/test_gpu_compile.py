@@ -4,7 +4,9 @@ perf/compile_check.py records the specialisations the norms launch (flags,
 phases, block sizes, warps) and compiles each with triton's compiler and ptxas
 for sm_90 -- no GPU or driver needed.  The CPU suite runs a slice of it, one
 norm per weight mode (by element, by channel, by row); the whole grid is
-``python perf/compile_check.py``."""
+``python perf/compile_check.py``.  A specialisation that converts a replicated tile
+through shared memory fails it, as a compile error does (kernels/tiles.per_row)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,3 +24,27 @@ def test_launched_specialisations_compile_for_sm90(norm):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "specialisations compile for sm_90" in proc.stdout
+    assert "; 0 convert a replicated tile through shared memory;" in proc.stdout
+
+
+def _compile_check():
+    spec = importlib.util.spec_from_file_location("compile_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A [1, 1, 4096] tile converted from a layout whose threads and warps sit on the size-1
+# dimensions (every thread holds all 4096 elements: what triton 3.6 made of mean[:, None,
+# None] in a one-row block), and the same tile from a layout that spreads it.
+_TTGIR = """
+#blocked = #ttg.blocked<{sizePerThread = [1, 1, 4], threadsPerWarp = [1, 1, 32], warpsPerCTA = [1, 1, 8], order = [2, 1, 0]}>
+#blocked1 = #ttg.blocked<{sizePerThread = [1, 1, 1], threadsPerWarp = [32, 1, 1], warpsPerCTA = [8, 1, 1], order = [2, 1, 0]}>
+#blocked2 = #ttg.blocked<{sizePerThread = [1, 1, 8], threadsPerWarp = [1, 1, 32], warpsPerCTA = [1, 1, 8], order = [2, 1, 0]}>
+    %12 = ttg.convert_layout %11 : tensor<1x1x4096xf32, {src}> -> tensor<1x1x4096xf32, #blocked> loc(#loc5)
+"""
+
+
+@pytest.mark.parametrize("src,replicated", [("#blocked1", 1), ("#blocked2", 0)])
+def test_a_replicated_tile_convert_is_found_in_the_ttgir(src, replicated):
+    assert _compile_check().replicated_converts(_TTGIR.replace("{src}", src)) == replicated
