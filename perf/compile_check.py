@@ -206,15 +206,19 @@ def record(path: str, quick: bool, sms: int, norms=None) -> int:
 MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 
-def _resources(cubin: bytes) -> dict:
-    """REG, STACK, SHARED, LOCAL of the kernel, from the cuobjdump triton ships."""
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """What the cuobjdump triton ships prints of ``cubin`` with ``flag``."""
     import triton
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    line = next((ln for ln in text.splitlines() if "REG:" in ln), "")
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True).stdout
+
+
+def _resources(cubin: bytes) -> dict:
+    """REG, STACK, SHARED, LOCAL of the kernel."""
+    line = next((ln for ln in _cuobjdump(cubin, "-res-usage").splitlines() if "REG:" in ln), "")
     return {k: int(v) for k, v in (kv.split(":") for kv in line.split()[:4])} if line else {}
 
 
@@ -254,14 +258,8 @@ def replicated_converts(ttgir: str) -> int:
 
 
 def _shared_stores(cubin: bytes) -> int:
-    """STS instructions in the kernel's SASS (a static count), from triton's cuobjdump."""
-    import triton
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        text = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
-    return len(re.findall(r"\bSTS(?:\.\w+)*\s", text))
+    """STS instructions in the kernel's SASS (a static count)."""
+    return len(re.findall(r"\bSTS(?:\.\w+)*\s", _cuobjdump(cubin, "-sass")))
 
 
 def _compile_one(item, arch: int):
