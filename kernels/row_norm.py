@@ -190,8 +190,9 @@ def _qmax(QUANT: tl.constexpr):
 
 @triton.jit
 def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.constexpr):
-    """The scale of each row, shaped for the tile (tiles.per_row): amax / qmax in fp32, stored (DYNAMIC; rows with
-    no value above 1e-12 get 1e-12 / qmax, so they quantize to 0), or the given one."""
+    """The scale of each row, shaped for the tile (tiles.per_row): amax / qmax in fp32,
+    stored (DYNAMIC; rows with no value above 1e-12 get 1e-12 / qmax, so they quantize to
+    0), or the given one."""
     if DYNAMIC:
         a = tl.maximum(amax.to(tl.float32), 1e-12)
         scale = div(a, tl.zeros_like(a) + _qmax(QUANT))
