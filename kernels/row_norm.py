@@ -42,8 +42,8 @@ import triton
 import triton.language as tl
 
 from .activation import act
-from .tiles import (div, lane_moments, lane_welford, out_offsets, per_row, row_block, rsqrt,
-                    tile_moments, tile_offsets, wide)
+from .tiles import (add_shifted, div, out_offsets, per_row, row_block, rsqrt, shifted_moments,
+                    tile_count, tile_moments, tile_offsets, wide)
 
 
 @triton.jit
@@ -118,19 +118,31 @@ def _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE: tl.constexpr, HAS_W: tl.cons
 
 
 @triton.jit
-def _load_x(X_ptr, R_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr):
+def _load(P_ptr, offs, mask, FILL: tl.constexpr = True):
+    """P at offs, 0 outside mask -- or, without FILL, undefined there: the caller drops
+    those lanes, and the loads skip the fill that would serialise them."""
+    if FILL:
+        return tl.load(P_ptr + offs, mask=mask, other=0.0)
+    else:
+        return tl.load(P_ptr + offs, mask=mask)
+
+
+@triton.jit
+def _load_x(X_ptr, R_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr,
+            FILL: tl.constexpr = True):
     """x at offs, in x's dtype; with HAS_RES, h = x + residual rounded to x's dtype, as
     torch's add rounds it."""
-    x = tl.load(X_ptr + offs, mask=mask, other=0.0)
+    x = _load(X_ptr, offs, mask, FILL)
     if HAS_RES:
-        x = (x.to(ACC) + tl.load(R_ptr + offs, mask=mask, other=0.0).to(ACC)).to(x.dtype)
+        x = (x.to(ACC) + _load(R_ptr, offs, mask, FILL).to(ACC)).to(x.dtype)
     return x
 
 
 @triton.jit
-def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr):
-    """The tile of x (or h, also stored to H) in ACC."""
-    x = _load_x(X_ptr, R_ptr, offs, mask, ACC, HAS_RES)
+def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.constexpr,
+            FILL: tl.constexpr = True):
+    """The tile of x (or h, also stored to H) in ACC (see _load for FILL)."""
+    x = _load_x(X_ptr, R_ptr, offs, mask, ACC, HAS_RES, FILL)
     if HAS_RES:
         tl.store(H_ptr + offs, x, mask=mask)
     return x.to(ACC)
@@ -165,11 +177,12 @@ def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, s
             nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo, Y_STRIDED: tl.constexpr,
             W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr,
             ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
-            BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+            BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+            EVEN: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S)
-    xt = tl.load(Src_ptr + offs, mask=mask, other=0.0).to(ACC)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+    xt = _load(Src_ptr, offs, mask, False).to(ACC)   # lanes outside mask are never stored
     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
     y = _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
     y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y, MASK, ACC)
@@ -257,7 +270,7 @@ def row_norm_fwd(
     Y_STRIDED: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_PART: tl.constexpr,
+    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr,
 ):
     """y = act((x - mean) * rstd * w + b [+ residual]), statistics over each (n, g) row.
 
@@ -280,7 +293,7 @@ def row_norm_fwd(
         n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
         if RESIDENT:
             offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                            BLOCK_G, BLOCK_J, BLOCK_S)
+                                            BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
             x = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
@@ -297,15 +310,49 @@ def row_norm_fwd(
             if RESIDENT:
                 cnt, mean, m2 = tile_moments(x, mask, pivot, CENTER)
             else:
-                lc = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
-                lm = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
-                lq = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
-                for t in range(t0, t1):
-                    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                # Per-lane shifted sums (tiles.shifted_moments): two FMAs an element, no
+                # division, no count per lane.
+                pivot3 = per_row(pivot)
+                s1 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                s2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+                elems = (t1 - t0).to(tl.int64) * 0
+                # Two tiles a step, both loaded before either is added: twice the bytes
+                # in flight of a tile at a time, which alone left the walk latency-bound.
+                if EVEN:   # whole tiles, unmasked loads; an odd last tile is peeled
+                    for t in range(t0, t1 - 1, 2):
+                        oa, ma, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S, True)
+                        ob, mb, g, j = tile_offsets(t + 1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S, True)
+                        xa = _load_h(X_ptr, R_ptr, H_ptr, oa, ma, ACC, HAS_RES)
+                        xb = _load_h(X_ptr, R_ptr, H_ptr, ob, mb, ACC, HAS_RES)
+                        s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
+                        s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
+                    if (t1 - t0) % 2 == 1:
+                        oa, ma, g, j = tile_offsets(t1 - 1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S, True)
+                        xa = _load_h(X_ptr, R_ptr, H_ptr, oa, ma, ACC, HAS_RES)
+                        s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
+                    elems += (t1 - t0).to(tl.int64) * (BLOCK_J * BLOCK_S)
+                else:
+                    # Masked loads without a fill value (a fill is a write to the same
+                    # registers ahead of each predicated load, which serialises them);
+                    # lanes outside the tensor are dropped after the load.
+                    for t in range(t0, t1, 2):
+                        has_b = t + 1 < t1
+                        elems += tile_count(t, nSB, Cg, S, BLOCK_J, BLOCK_S)
+                        elems += tl.where(has_b, tile_count(t + 1, nSB, Cg, S, BLOCK_J, BLOCK_S),
+                                          0)
+                        oa, ma, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                                     BLOCK_G, BLOCK_J, BLOCK_S)
-                    xt = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
-                    lc, lm, lq = lane_welford(lc, lm, lq, xt, mask, CENTER)
-                cnt, mean, m2 = lane_moments(lc, lm, lq, pivot, CENTER)
+                        ob, mb, g, j = tile_offsets(t + 1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                                    BLOCK_G, BLOCK_J, BLOCK_S)
+                        mb = mb & ((tl.zeros([1, 1, 1], tl.int32) + (t + 1)) < t1)
+                        xa = _load_h(X_ptr, R_ptr, H_ptr, oa, ma, ACC, HAS_RES, False)
+                        xb = _load_h(X_ptr, R_ptr, H_ptr, ob, mb, ACC, HAS_RES, False)
+                        s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
+                        s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
+                cnt, mean, m2 = shifted_moments(s1, s2, elems, pivot, CENTER)
         if PHASE == 1:
             base = Part_ptr + (r * n_part + p) * 3
             tl.store(base, cnt, mask=rmask)
@@ -349,7 +396,7 @@ def row_norm_fwd(
                                 H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr,
                                 t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3,
                                 slope_hi, slope_lo, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0,
-                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
                             amax = tl.maximum(amax, _tile_amax(y, mask))
                     scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
@@ -357,7 +404,7 @@ def row_norm_fwd(
                                             R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
                                             nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo,
                                             Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACT,
-                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
                     if QUANT != 0:
                         y = _quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

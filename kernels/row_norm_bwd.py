@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .activation import act_grad, mask_grad
-from .row_norm import _chunk, _load_params, _tile_j
+from .row_norm import _chunk, _load, _load_params, _tile_j
 from .tiles import div, out_offsets, per_row, row_block, rsqrt, sum_js, tile_offsets, wide
 
 
@@ -61,15 +61,19 @@ def _grad_z(dy, x, w, b, offs, mask, X_ptr, DY_ptr, R_ptr, Mask_ptr, mean, rstd,
 def _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG,
               w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
               ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
-              BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+              BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+              EVEN: tl.constexpr):
     """Tile t of the rows, whose weight and bias are w and b: its offsets in dy and dx
     (x's, unless Y_STRIDED), mask, g and j, and x and dz (dy through the activation,
     _grad_z) in ACC."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S)
-    x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(ACC)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+    # 0 outside the tensor: a zero dy takes those lanes out of every sum.  (Loading them
+    # unfilled and zeroing after, as the forward's walk does, made the channels_last
+    # GroupNorm backward's scalar loads serialise further: sass_model, 75 -> 228 us.)
+    x = _load(X_ptr, offs, mask).to(ACC)
     yoffs = out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED)
-    dy = tl.load(DY_ptr + yoffs, mask=mask, other=0.0).to(ACC)
+    dy = _load(DY_ptr, yoffs, mask).to(ACC)
     dz = _grad_z(dy, x, w, b, offs, mask, X_ptr, DY_ptr, R_ptr, Mask_ptr, mean, rstd, slope_hi,
                  slope_lo, CENTER, ACT, ADD_Y, MASK, ACC)
     return yoffs, mask, g, j, x, dz
@@ -80,14 +84,14 @@ def _tile(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, 
           ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
           W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
           ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
-          BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+          BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr):
     """_tile_xdy with the tile's weight and bias loaded, and the weight w in ACC."""
     w, b = _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE, HAS_W, HAS_B, ACC, BLOCK_G,
                         BLOCK_J)
     offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN,
                                         sG, sJ, sS, nSB, ysN, ysG, w, b, mean, rstd, slope_hi,
                                         slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y, MASK, ACC,
-                                        BLOCK_G, BLOCK_J, BLOCK_S)
+                                        BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
     return offs, mask, g, j, x, dy, w
 
 
@@ -200,7 +204,7 @@ def row_norm_bwd(
     HAS_B: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_PART: tl.constexpr,
+    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -243,7 +247,7 @@ def row_norm_bwd(
                 offs, mask, g, j, x, dy = _tile_xdy(
                     X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN,
                     ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y,
-                    MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                    MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
@@ -267,12 +271,13 @@ def row_norm_bwd(
                     offs, mask, g, j, x, dy = _tile_xdy(
                         X_ptr, DY_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                         ysN, ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT,
-                        ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
                         X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG,
                         sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
-                        W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S,
+                        EVEN)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
@@ -288,7 +293,8 @@ def row_norm_bwd(
                     offs, mask, g, j, xt, dy, w = _tile(
                         X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG,
                         sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
-                        W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S)
+                        W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S,
+                        EVEN)
                     l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += w * dy
                     _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
@@ -327,7 +333,7 @@ def row_norm_bwd(
                             Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean,
                             rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
                             0 if PHASE == 0 and ADD_Y else ACT, ADD_Y, MASK, ACC, BLOCK_G,
-                            BLOCK_J, BLOCK_S)
+                            BLOCK_J, BLOCK_S, EVEN)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
                         _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES,
                                   ADD_Y and PHASE != 0)

@@ -45,15 +45,23 @@ def per_row(v):
 @triton.jit
 def tile_offsets(t, n, g0, G, Cg, S,
                  sN, sG, sJ, sS, nSB,
-                 BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+                 BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+                 EVEN: tl.constexpr = False):
     """Element offsets (int64), the in-bounds mask, and the g / j index tensors
-    of tile ``t`` of the rows ``g0 .. g0 + BLOCK_G`` of sample ``n``."""
+    of tile ``t`` of the rows ``g0 .. g0 + BLOCK_G`` of sample ``n``.
+
+    EVEN: the blocks divide G, Cg and S, so every tile is whole and the mask is a constant
+    true, which the compiler drops: loads and stores go unpredicated, with no fill, and
+    ptxas can issue a tile's loads together."""
     jb = t // nSB
     sb = t - jb * nSB
     g = g0 + tl.arange(0, BLOCK_G)[:, None, None]
     j = jb * BLOCK_J + tl.arange(0, BLOCK_J)[None, :, None]
     s = sb * BLOCK_S + tl.arange(0, BLOCK_S)[None, None, :]
-    mask = (g < G) & (j < Cg) & (s < S)
+    if EVEN:
+        mask = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], tl.int32) == 0   # folds to a constant
+    else:
+        mask = (g < G) & (j < Cg) & (s < S)
     # int64 arithmetic throughout: numel may pass 2**31.
     offs = (n.to(tl.int64) * sN + g.to(tl.int64) * sG
             + j.to(tl.int64) * sJ + s.to(tl.int64) * sS)
@@ -129,34 +137,41 @@ def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
 
 
 @triton.jit
-def lane_welford(cnt, mean, m2, x, mask, CENTER: tl.constexpr):
-    """Add one tile to per-lane (count, mean, M2) accumulators: Welford's update,
-    lane by lane, so a walk over many tiles reduces across lanes only once, at
-    the end (lane_moments).  The update's division error scales with
-    |x - mean|, not |mean|, so the fast ``/`` is harmless there, and a lane's
-    first element is taken exactly.  Without CENTER, M2 is the sum of squares."""
-    cnt = cnt + mask.to(x.dtype)
-    if CENTER:
-        delta = x - mean
-        mean = tl.where(mask, tl.where(cnt == 1.0, x, mean + delta / tl.maximum(cnt, 1.0)), mean)
-        m2 = m2 + tl.where(mask, delta * (x - mean), 0.0)
-    else:
-        m2 = m2 + x * x
-    return cnt, mean, m2
+def tile_count(t, nSB, Cg, S, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Elements tile t holds of each of its rows (the same for every row of the tensor)."""
+    jb = t // nSB
+    sb = t - jb * nSB
+    nj = tl.maximum(tl.minimum(Cg - jb * BLOCK_J, BLOCK_J), 0)
+    ns = tl.maximum(tl.minimum(S - sb * BLOCK_S, BLOCK_S), 0)
+    return nj.to(tl.int64) * ns
 
 
 @triton.jit
-def lane_moments(cnt, mean, m2, pivot, CENTER: tl.constexpr):
-    """Per-row (count, mean, M2) of per-lane accumulators, by the exact parallel
-    formula  M2 = sum M2_l + sum c_l (mean_l - mean)^2  with plain tree sums.
-    The lane means are summed shifted by a value of the row (pivot), so with
-    |mean| >> std the shifted terms are small and the mean comes out correctly
-    rounded, as in tile_moments."""
-    c = sum_js(cnt)
+def add_shifted(s1, s2, x, pivot3, mask, CENTER: tl.constexpr):
+    """Add one tile to per-lane shifted sums, s1 += x - pivot and s2 += (x - pivot)^2, over
+    the lanes in mask (x may be undefined outside it).  Without CENTER, s2 is the sum of
+    squares."""
     if CENTER:
-        shifted = tl.where(cnt > 0, mean - pivot[:, None, None], 0.0)
-        ms = div(sum_js(cnt * shifted), tl.maximum(c, 1.0))
-        d = shifted - ms[:, None, None]
-        return c, pivot + ms, sum_js(m2) + sum_js(cnt * d * d)
+        d = tl.where(mask, x - pivot3, 0.0)
+        return s1 + d, s2 + d * d
     else:
-        return c, c * 0.0, sum_js(m2)
+        x = tl.where(mask, x, 0.0)
+        return s1, s2 + x * x
+
+
+@triton.jit
+def shifted_moments(s1, s2, cnt, pivot, CENTER: tl.constexpr):
+    """Per-row (count, mean, M2) of a walk's per-lane shifted sums over cnt elements a row.
+
+    With d = x - pivot (pivot a value of the row),  M2 = sum d^2 - (sum d)^2 / n,  whose
+    rounding error is about eps * n * (var + (mean - pivot)^2): the shift by a value of the
+    row keeps (mean - pivot)^2 of the order of the variance, so M2 keeps its precision where
+    the unshifted E[x^2] - E[x]^2 would cancel (|mean| >> std).  The sums need no division
+    and no count per lane, so the walk is two FMAs an element."""
+    c = tl.zeros_like(pivot) + cnt.to(pivot.dtype)
+    if CENTER:
+        a = sum_js(s1)
+        ms = div(a, tl.maximum(c, 1.0))
+        return c, pivot + ms, tl.maximum(sum_js(s2) - a * ms, 0.0)
+    else:
+        return c, c * 0.0, sum_js(s2)

@@ -161,3 +161,22 @@ def test_untracked_instance_norm_uses_batch_stats_in_eval(device):
     ours, ref = tritonnorm.InstanceNorm2d(3).eval(), nn.InstanceNorm2d(3).eval()
     x = torch.randn(2, 3, 4, 5, device=device) * 3 + 2
     torch.testing.assert_close(ours(x), ref(x), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("norm", ["group", "instance", "batch"])
+@pytest.mark.parametrize("first", [0.0, 5.0], ids=["plain-first", "first-5-std-out"])
+def test_walked_statistics_stay_accurate_with_a_large_mean(norm, first, tiling, device):
+    """Rows walked tile by tile (looped, split) keep per-lane sums shifted by a value of
+    the row: with mean 1e3 and std 1, and the row's first element 5 std out, the output
+    is within 2x of torch's own fp32 error against the exact (fp64) answer."""
+    torch.manual_seed(0)
+    x64 = torch.randn(4, 8, 300, dtype=torch.float64, device=device) + 1e3
+    x64[:, :, 0] += first
+    x = x64.float()
+    fns = {"group": lambda t: F.group_norm(t, 4), "instance": lambda t: F.instance_norm(t),
+           "batch": lambda t: F.batch_norm(t, None, None, training=True)}
+    ours_fns = {"group": lambda t: TF.group_norm(t, 4), "instance": lambda t: TF.instance_norm(t),
+                "batch": lambda t: TF.batch_norm(t, None, None, training=True)}
+    ref = fns[norm](x.double()).float()
+    torch_err = (fns[norm](x) - ref).abs().max()
+    assert (ours_fns[norm](x) - ref).abs().max() <= 2 * torch_err + 1e-5

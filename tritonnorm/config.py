@@ -170,6 +170,28 @@ def _coalescing_rows(view: RowView, order, itemsize: int) -> int:
     return 1
 
 
+# Padding of a walked axis a tile may leave: past 1/16 of the axis, masked lanes cost more
+# than a smaller tile does (BatchNorm NCHW, S = 56 * 56 = 3136 in 4096-element tiles, left
+# 23 % of every tile idle: ../shared/tools/sass_model.py).
+MAX_PAD = 1 / 16
+
+
+def _low_waste(n: int, cap: int, floor: int) -> int:
+    """The largest power of two in [floor, cap] whose tiles cover n elements with at most
+    MAX_PAD of padding, else the one in that range that pads least.  floor is one
+    128-byte line: narrower, a warp's loads would no longer fill whole lines."""
+    best, best_pad = cap, None
+    b = cap
+    while b >= min(floor, cap):
+        pad = (-(-n // b) * b - n) / n
+        if pad <= MAX_PAD:
+            return b
+        if best_pad is None or pad < best_pad:
+            best, best_pad = b, pad
+        b //= 2
+    return best
+
+
 def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     # "quant": the forward with quantized output, whose row amax must be whole in one
     # program -- the forward's config, never split.
@@ -213,8 +235,11 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         blocks["g"] = _p2(view.rows)
         room = max(1, room // blocks["g"])
         order = [a for a in order if a != "g"]
-    for a in order:
+    for i, a in enumerate(order):
         cap = room
+        if i == 0 and a != "g":
+            # A walk along the contiguous axis: a tile size that pads the axis little.
+            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()))
         if a == "g":
             # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
@@ -276,15 +301,18 @@ def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int, w_mode: int = W_
     if w_mode != W_BY_ELEMENT:
         return max(1, min(cfg.n_rb, target))
     slot_bytes = 2 * 2 * cw * (8 if x.dtype == torch.float64 else 4)   # written + read
-    floor = triton.cdiv(max(1, target // 4), cfg.SPLIT)
+    floor = triton.cdiv(max(1, target // 2), cfg.SPLIT)
     budget = max(floor, x.numel() * x.element_size() // (DWB_FRACTION * max(1, slot_bytes)))
     return max(1, min(cfg.n_rb, target, budget))
 
 
-def column_sum_blocks(a: int, k: int):
-    """(BLOCK_A, BLOCK_K) for summing an [a, k] partials tensor over a: one tile
-    of the usual size, at most 32 partial rows tall (more rows are looped) and as
-    wide as the rest allows, so few programs cover a long parameter vector."""
+def column_sum_blocks(a: int, k: int, target: int = 1):
+    """(BLOCK_A, BLOCK_K) for summing an [a, k] partials tensor over a: one tile of the
+    usual size, columns split over about ``target`` programs (the program count that fills
+    the device: 64 programs on 132 SMs left the LayerNorm backward's sum latency-bound,
+    ../shared/tools/sass_model.py) but at least 32 wide, a 128-byte line of fp32, and as
+    many partial rows as the tile leaves room for (more rows are looped)."""
     tile = _overrides.get("max_tile", DEFAULT_MAX_TILE)
-    block_a = min(32, _p2(a))
-    return block_a, min(_p2(k), max(1, tile // block_a))
+    block_k = min(_p2(k), max(32, _p2(triton.cdiv(k, max(1, target)))), tile)
+    block_a = min(_p2(a), max(1, tile // block_k))
+    return block_a, block_k

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
+from ._runtime import target_programs
 from .launch import launcher
 from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, out_like, rows_strided
 
@@ -72,13 +73,42 @@ def _geometry(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part:
     """The kernels' geometry ints; the outputs' row strides (ysN, ysG) are x's, or the
     dense ones where x's rows are strided (spec.rows_strided)."""
     ys = (view.G * view.Cg, view.Cg) if rows_strided(view, spec) else (view.sN, view.sG)
-    return (view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS,
+    # The stride of an axis of size 1 is never used: it goes as 0, which the JIT marks
+    # divisible by 16.  As torch's stride (1, say) the kernel would add j * 1 with j of
+    # unknown alignment, and the compiler could no longer prove the wide loads of the
+    # contiguous axis (channels_last InstanceNorm: 16-bit loads, ../shared/tools/sass_model.py).
+    sJ = view.sJ if view.Cg > 1 else 0
+    sS = view.sS if view.S > 1 else 0
+    return (view.G, view.Cg, view.S, view.sN, view.sG, sJ, sS,
             cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part) + ys
 
 
-def _blocks(cfg: config.RowConfig, n_part: int):
+def _even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool) -> bool:
+    """Whether the tiles go unmasked (EVEN, kernels/tiles.py, tile_offsets): the blocks
+    divide G, Cg and S, so every tile is whole, and the tile's run along the contiguous
+    axis is at least 16 bytes, so its loads are vectors.  Why that last condition: scalar
+    loads left unmasked were issued one by one, as ptxas saved registers, where with a
+    mask and a fill it issued them all at once (channels_last GroupNorm backward, 4 channels
+    a group: 75 -> 228 us, ../shared/tools/sass_model.py)."""
+    if view.G % cfg.BLOCK_G or view.Cg % cfg.BLOCK_J or view.S % cfg.BLOCK_S:
+        return False
+    if backward and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S > 8192:
+        # A backward tile past 8192 elements (16 warps, 128 registers a thread) holds x, dy
+        # and w in registers; unmasked, ptxas hoisted more loads and spilled (InstanceNorm
+        # 8x128x128x128): the mask stays.
+        return False
+    axes = ((view.G, view.sG, cfg.BLOCK_G), (view.Cg, view.sJ, cfg.BLOCK_J),
+            (view.S, view.sS, cfg.BLOCK_S))
+    run = [b for size, stride, b in axes if size > 1 and stride == 1]
+    return bool(run) and run[0] * itemsize >= 16
+
+
+def _blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, backward: bool):
+    """The tile constexprs (EVEN: see _even)."""
+    even = _even(view, cfg, itemsize, backward)
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
-                BLOCK_PART=_p2(n_part), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                BLOCK_PART=_p2(n_part), EVEN=even, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
 
 
 # Running-statistics update of a forward: none, with a momentum, or the cumulative average.
@@ -108,7 +138,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
                   Y_STRIDED=rows_strided(view, spec), ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
-                  ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+                  ACC=_tl(acc_dtype(x)), **_blocks(view, cfg, n_part, x.element_size(), False))
     ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
 
@@ -250,7 +280,7 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
-                  ACC=_tl(acc_dtype(x)), **_blocks(cfg, n_part))
+                  ACC=_tl(acc_dtype(x)), **_blocks(view, cfg, n_part, x.element_size(), True))
     ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
                                                  _param_count(view, spec))
     return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
@@ -388,10 +418,10 @@ def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, 
     """Deterministic sum over axis 0 of ``partials`` read as an [a, k] matrix, as
     two separate tensors: columns [0, k1) and [k1, k) -- no storage shared, so no
     copy is needed where outputs may not alias (custom ops)."""
-    key = (a, k)
+    key = (a, k, partials.get_device())
     blocks = _COLSUM.get(key)
     if blocks is None:
-        block_a, block_k = config.column_sum_blocks(a, k)
+        block_a, block_k = config.column_sum_blocks(a, k, target_programs(partials))
         blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k), 1, 1), block_a, block_k, {}))
     grid, block_a, block_k, compiled = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)
