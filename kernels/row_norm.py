@@ -43,7 +43,7 @@ import triton.language as tl
 
 from .activation import act
 from .tiles import (add_shifted, div, out_offsets, per_row, row_block, rsqrt, shifted_moments,
-                    tile_count, tile_moments, tile_offsets, wide)
+                    tile_moments, tiles_count, tile_offsets, wide)
 
 
 @triton.jit
@@ -146,6 +146,21 @@ def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.cons
     if HAS_RES:
         tl.store(H_ptr + offs, x, mask=mask)
     return x.to(ACC)
+
+
+@triton.jit
+def _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+               ACC: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_G: tl.constexpr,
+               BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr):
+    """(x or h, mask) of tile t of a statistics walk that ends before tile t1, in ACC, loaded
+    without a fill value (a fill is a write to the same registers ahead of each predicated
+    load, which serialises them): the caller drops the lanes outside the mask.  With EVEN
+    the caller keeps t < t1 and the mask stays a constant."""
+    offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+    if not EVEN:
+        mask = mask & ((tl.zeros([1, 1, 1], tl.int32) + t) < t1)
+    return _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES, False), mask
 
 
 @triton.jit
@@ -314,52 +329,38 @@ def row_norm_fwd(
             pmask = rmask & ((rows * 0 + T) > 0)  # an empty row (empty rank) has no element
             first = n.to(tl.int64) * sN + rows * sG
             pivot = _load_x(X_ptr, R_ptr, first, pmask, ACC, HAS_RES).to(ACC)
+            # Elements a row has in this program's tiles: known from the geometry.
+            cnt = tl.zeros_like(pivot) + (tiles_count(t1, nSB, Cg, S, BLOCK_J, BLOCK_S)
+                                          - tiles_count(t0, nSB, Cg, S, BLOCK_J, BLOCK_S)).to(ACC)
             if RESIDENT:
-                cnt, mean, m2 = tile_moments(x, mask, pivot, CENTER)
+                cnt, mean, m2 = tile_moments(x, mask, pivot, cnt, CENTER)
             else:
                 # Per-lane shifted sums (tiles.shifted_moments): two FMAs an element, no
                 # division, no count per lane.
                 pivot3 = per_row(pivot)
                 s1 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                 s2 = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
-                elems = (t1 - t0).to(tl.int64) * 0
                 # Two tiles a step, both loaded before either is added: twice the bytes
                 # in flight of a tile at a time, which alone left the walk latency-bound.
-                if EVEN:   # whole tiles, unmasked loads; an odd last tile is peeled
-                    for t in range(t0, t1 - 1, 2):
-                        oa, ma, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S, True)
-                        ob, mb, g, j = tile_offsets(t + 1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S, True)
-                        xa = _load_h(X_ptr, R_ptr, H_ptr, oa, ma, ACC, HAS_RES)
-                        xb = _load_h(X_ptr, R_ptr, H_ptr, ob, mb, ACC, HAS_RES)
-                        s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
-                        s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
-                    if (t1 - t0) % 2 == 1:
-                        oa, ma, g, j = tile_offsets(t1 - 1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S, True)
-                        xa = _load_h(X_ptr, R_ptr, H_ptr, oa, ma, ACC, HAS_RES)
-                        s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
-                    elems += (t1 - t0).to(tl.int64) * (BLOCK_J * BLOCK_S)
+                # With EVEN every tile's mask is a constant true (dropped by the compiler),
+                # so the pairs stop inside the chunk and an odd last tile is peeled;
+                # otherwise the second tile of the last pair is masked off past the chunk.
+                if EVEN:
+                    stop = t1 - 1
                 else:
-                    # Masked loads without a fill value (a fill is a write to the same
-                    # registers ahead of each predicated load, which serialises them);
-                    # lanes outside the tensor are dropped after the load.
-                    for t in range(t0, t1, 2):
-                        has_b = t + 1 < t1
-                        elems += tile_count(t, nSB, Cg, S, BLOCK_J, BLOCK_S)
-                        elems += tl.where(has_b, tile_count(t + 1, nSB, Cg, S, BLOCK_J, BLOCK_S),
-                                          0)
-                        oa, ma, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S)
-                        ob, mb, g, j = tile_offsets(t + 1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                                    BLOCK_G, BLOCK_J, BLOCK_S)
-                        mb = mb & ((tl.zeros([1, 1, 1], tl.int32) + (t + 1)) < t1)
-                        xa = _load_h(X_ptr, R_ptr, H_ptr, oa, ma, ACC, HAS_RES, False)
-                        xb = _load_h(X_ptr, R_ptr, H_ptr, ob, mb, ACC, HAS_RES, False)
-                        s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
-                        s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
-                cnt, mean, m2 = shifted_moments(s1, s2, elems, pivot, CENTER)
+                    stop = t1
+                for t in range(t0, stop, 2):
+                    xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ,
+                                        sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                    xb, mb = _walk_tile(X_ptr, R_ptr, H_ptr, t + 1, t1, n, g0, G, Cg, S, sN, sG,
+                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                    s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
+                    s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
+                if EVEN and (t1 - t0) % 2 == 1:
+                    xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t1 - 1, t1, n, g0, G, Cg, S, sN, sG,
+                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                    s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
+                cnt, mean, m2 = shifted_moments(s1, s2, cnt, pivot, CENTER)
         if PHASE == 1:
             base = Part_ptr + (r * n_part + p) * 3
             tl.store(base, cnt, mask=rmask)

@@ -115,15 +115,14 @@ def rsqrt(v):
 
 
 @triton.jit
-def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
-    """(count, mean, M2) of one tile per row, two passes over the on-chip tile.
+def tile_moments(x, mask, pivot, cnt, CENTER: tl.constexpr):
+    """(count, mean, M2) of one tile per row, two passes over the on-chip tile; cnt, the
+    elements a row has in it, is given (tiles_count), not summed from the mask.
 
     The sums run over x - pivot (a value of the row): with |mean| >> std the
     shifted values are small, so the mean comes out correctly rounded.
     Without CENTER (RMSNorm) the mean stays 0 and M2 is the plain sum of
     squares: no cancellation can occur, so no shift is needed."""
-    maskf = mask.to(x.dtype)
-    cnt = sum_js(maskf)
     if CENTER:
         xs = tl.where(mask, x - pivot[:, None, None], 0.0)
         mean_s = div(sum_js(xs), tl.maximum(cnt, 1.0))
@@ -137,13 +136,18 @@ def tile_moments(x, mask, pivot, CENTER: tl.constexpr):
 
 
 @triton.jit
-def tile_count(t, nSB, Cg, S, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Elements tile t holds of each of its rows (the same for every row of the tensor)."""
-    jb = t // nSB
-    sb = t - jb * nSB
-    nj = tl.maximum(tl.minimum(Cg - jb * BLOCK_J, BLOCK_J), 0)
-    ns = tl.maximum(tl.minimum(S - sb * BLOCK_S, BLOCK_S), 0)
-    return nj.to(tl.int64) * ns
+def tiles_count(t, nSB, Cg, S, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Elements each row has in tiles [0, t) (the same for every row of the tensor): the
+    j blocks before t // nSB whole, then t % nSB s blocks of the next; only the last block
+    of each axis is partial.  A walk over [t0, t1) holds tiles_count(t1) - tiles_count(t0),
+    taken once, not a division a tile."""
+    t = tl.zeros([], tl.int32) + t   # t, nSB may come as Python ints (0, or a unit size)
+    q32 = t // nSB                   # int32: an int64 division is a long subroutine
+    rem = (t - q32 * nSB).to(tl.int64)
+    q = q32.to(tl.int64)
+    j_before = tl.minimum(q * BLOCK_J, Cg)
+    j_next = tl.maximum(tl.minimum(Cg - q * BLOCK_J, BLOCK_J), 0)
+    return j_before * S + j_next * tl.minimum(rem * BLOCK_S, S)
 
 
 @triton.jit
@@ -160,15 +164,14 @@ def add_shifted(s1, s2, x, pivot3, mask, CENTER: tl.constexpr):
 
 
 @triton.jit
-def shifted_moments(s1, s2, cnt, pivot, CENTER: tl.constexpr):
-    """Per-row (count, mean, M2) of a walk's per-lane shifted sums over cnt elements a row.
+def shifted_moments(s1, s2, c, pivot, CENTER: tl.constexpr):
+    """Per-row (count, mean, M2) of a walk's per-lane shifted sums over c elements a row.
 
     With d = x - pivot (pivot a value of the row),  M2 = sum d^2 - (sum d)^2 / n,  whose
     rounding error is about eps * n * (var + (mean - pivot)^2): the shift by a value of the
     row keeps (mean - pivot)^2 of the order of the variance, so M2 keeps its precision where
     the unshifted E[x^2] - E[x]^2 would cancel (|mean| >> std).  The sums need no division
     and no count per lane, so the walk is two FMAs an element."""
-    c = tl.zeros_like(pivot) + cnt.to(pivot.dtype)
     if CENTER:
         a = sum_js(s1)
         ms = div(a, tl.maximum(c, 1.0))

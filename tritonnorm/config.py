@@ -293,8 +293,12 @@ def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int, w_mode: int = W_
     """Persistent programs of the backward: enough to fill the device.  Where each
     program owns a dw/db slot of the whole parameter vector (LayerNorm/RMSNorm),
     few enough that the slots, written once and read once by column_sum, stay
-    within 1/DWB_FRACTION of the bytes of x -- but never under one program per SM,
-    counting the SPLIT programs that share each row."""
+    within 1/DWB_FRACTION of the bytes of x -- but never under two programs per SM
+    (target_programs / 2), counting the SPLIT programs that share each row.  Why two: the
+    resident backward fits two 8-warp CTAs an SM, and one program an SM left half of
+    that idle, walking 125 row blocks in series (LayerNorm 16384x4096 bf16: 164 -> 96 us
+    with the column sum, ../shared/tools/sass_model.py); the extra slots cost about 4 %
+    of that pass's bytes."""
     if "programs" in _overrides:
         return max(1, min(cfg.n_rb, _overrides["programs"]))
     target = target_programs(x)
