@@ -260,6 +260,12 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     per_thread = 256 if x.dtype == torch.float64 else 512
     if pass_ == "bwd" and view.memory_format != torch.contiguous_format and tiles > 1:
         per_thread //= 2   # 8 elements a thread in a strided backward walk (see above)
+    elif view.Cg > 1 and view.sS == 1 and (view.S * x.element_size()) % 16:
+        # Runs of S contiguous elements that start off a 16-byte boundary (BatchNorm NCHW at
+        # 7x7 or 14x14) load element by element, each with its own 64-bit address: 16 a
+        # thread took 227-235 registers (one CTA an SM); 8 a thread, twice the warps, halve
+        # that (BatchNorm 32x2048x7x7 bf16 fwd+bwd 147 -> 96 us, ../shared/tools/sass_model.py).
+        per_thread //= 2
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
     split = 1
     if whole_rows:
