@@ -93,3 +93,46 @@ def test_export_traces_the_custom_ops_and_runs_them():
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert "tritonnorm.norm_fwd.default" in targets
     torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("tiling", [{}, {"max_tile": 32}], ids=["resident", "split"])
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_an_eager_batchnorm_training_forward_is_its_kernels_and_one_add(tiling, momentum,
+                                                                       monkeypatch):
+    """Eager BatchNorm training: the kernels update running_mean/var in place -- at most 2
+    launches (statistics, then normalise) -- and torch adds 1 to num_batches_tracked;
+    no copy of the running statistics.  Torch calls are seen by a TorchFunctionMode
+    (which, unlike a dispatch mode, does not turn the call into a trace), outside the
+    launches (Triton's interpreter copies the arguments back in them)."""
+    from torch.overrides import TorchFunctionMode
+    from tritonnorm import config, dispatch
+    launches, calls, inside = [], [], []
+
+    class Calls(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if not inside:
+                calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    def spy(*a, run=dispatch._run_fwd):
+        launches.append(1)
+        inside.append(1)
+        try:
+            return run(*a)
+        finally:
+            inside.pop()
+    monkeypatch.setattr(dispatch, "_run_fwd", spy)
+    bn = tritonnorm.BatchNorm2d(6, momentum=momentum).to(DEVICE)
+    x = torch.randn(4, 6, 5, 3, device=DEVICE)
+    ref = torch.nn.BatchNorm2d(6, momentum=momentum).to(DEVICE)
+    with config.override(**tiling), torch.no_grad():
+        bn(x)   # the first call compiles and memoises
+        launches.clear()
+        with Calls():
+            bn(x)
+        ref(x), ref(x)
+    assert 1 <= len(launches) <= 2
+    assert not [c for c in calls if "copy" in c] and calls.count("add_") == 1, calls
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert bn.num_batches_tracked == ref.num_batches_tracked == 2
