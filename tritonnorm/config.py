@@ -177,9 +177,16 @@ MAX_PAD = 1 / 16
 
 
 def _low_waste(n: int, cap: int, floor: int) -> int:
-    """The largest power of two in [floor, cap] whose tiles cover n elements with at most
-    MAX_PAD of padding, else the one in that range that pads least.  floor is one
-    128-byte line: narrower, a warp's loads would no longer fill whole lines."""
+    """A power-of-two block for walking n elements, at most cap: one that divides n, down
+    to cap / 8 (whole tiles go unmasked: dispatch._even); else the largest down to floor
+    whose tiles pad n by at most MAX_PAD; else the one in that range that pads least.
+    floor is one 128-byte line along the contiguous axis (narrower, a warp's loads would
+    no longer fill whole lines), 1 along another."""
+    b = cap
+    while b >= max(1, floor, cap // 8):
+        if n % b == 0:
+            return b
+        b //= 2
     best, best_pad = cap, None
     b = cap
     while b >= min(floor, cap):
@@ -237,9 +244,9 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         order = [a for a in order if a != "g"]
     for i, a in enumerate(order):
         cap = room
-        if i == 0 and a != "g":
-            # A walk along the contiguous axis: a tile size that pads the axis little.
-            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()))
+        if a != "g":
+            # A walked axis: a block that divides it, or pads it little.
+            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()) if i == 0 else 1)
         if a == "g":
             # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
