@@ -7,7 +7,7 @@ order -- no atomics, so results are deterministic.  The slot of a program:
 
 * W_MODE 1 (LayerNorm/RMSNorm): its persistent index ``pid``; every row block it
   walks shares the same j range, so sums run across rows in registers;
-* W_MODE 2 (BatchNorm): its split index ``p``; each row (channel) is one sum;
+* W_MODE 2 (BatchNorm; rows of one channel): ``n * SPLIT + p``; each row is one sum;
 * W_MODE 0 (GroupNorm/InstanceNorm): ``n * SPLIT + p``; each channel of the row
   block gets its sum when the walk leaves that channel's j block.
 """
@@ -314,8 +314,8 @@ def row_norm_bwd(
                             rw += dy * xhat
                             rbias += dy
                         elif W_MODE == 2:
-                            _store_dwb(DWB_ptr, p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
-                                       sum_js(dy * xhat), sum_js(dy))
+                            _store_dwb(DWB_ptr, n * SPLIT + p, Cw, g0 + tl.arange(0, BLOCK_G),
+                                       rmask, sum_js(dy * xhat), sum_js(dy))
                         else:
                             cidx, cmask = _channels(g0, t0 // nSB, Cg, G, BLOCK_G, BLOCK_J)
                             _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask,
@@ -350,7 +350,7 @@ def row_norm_bwd(
                                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     if NEED_DWB and W_MODE == 2:
-                        _store_dwb(DWB_ptr, p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
+                        _store_dwb(DWB_ptr, n * SPLIT + p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
                                    sum_js(lw), sum_js(lb))
                 if NEED_DWB and W_MODE == 0 and SPLIT > 1:
                     # Channels outside this program's chunk get their zero from it.

@@ -23,7 +23,8 @@ from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
-from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, out_like, rows_strided
+from .spec import (W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, out_like,
+                   rows_strided)
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -133,7 +134,8 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
         return hit
     cfg = config.row_config(view, x, spec, "quant" if quant else "fwd")
     grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
-    consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b, W_MODE=spec.w_mode,
+    consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b,
+                  W_MODE=w_mode(view, spec),
                   UPDATE_RUNNING=running != NO_RUNNING and phase != 1,
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
@@ -247,14 +249,22 @@ def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
     return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
 
 
+def w_mode(view: RowView, spec: ReductionSpec) -> int:
+    """The kernels' W_MODE: the spec's, but parameters by channel are parameters by row
+    where a row is one channel (InstanceNorm, GroupNorm with G = C).  By row, the
+    backward sums dw/db over a program's whole walk and stores them once; by channel it
+    stores each j block's channels as the walk leaves it, a branch in the hot loop."""
+    if spec.w_mode == W_BY_CHANNEL and view.Cg == 1:
+        return W_BY_ROW
+    return spec.w_mode
+
+
 def dwb_slots(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, nprog: int) -> int:
     """Rows of the backward's dw/db scratch: one per program that owns a slot
-    (see row_norm_bwd): persistent programs (LayerNorm/RMSNorm), split programs
-    (BatchNorm), or samples x split programs (GroupNorm/InstanceNorm)."""
+    (see row_norm_bwd): persistent programs (LayerNorm/RMSNorm), or samples x split
+    programs (by row or channel; BatchNorm's view has one sample)."""
     if spec.w_mode == W_BY_ELEMENT:
         return nprog
-    if spec.w_mode == W_BY_ROW:
-        return cfg.SPLIT
     return view.N * cfg.SPLIT
 
 
@@ -276,7 +286,7 @@ class _Backward(NamedTuple):
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                 has_dres=False, has_b=False, epi=(0, False, False)) -> _Launch:
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
-                  NEED_DWB=need_dwb and phase != 1, W_MODE=spec.w_mode,
+                  NEED_DWB=need_dwb and phase != 1, W_MODE=w_mode(view, spec),
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
