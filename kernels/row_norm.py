@@ -7,7 +7,8 @@ and the constexprs below carry the rest:
 * ``CENTER``  -- subtract the mean (everything but RMSNorm),
 * ``W_MODE``  -- how the affine parameters are indexed: 0 by channel
   ``g * Cg + j`` (GroupNorm/InstanceNorm), 1 by element ``j`` (LayerNorm/RMSNorm),
-  2 by row ``g`` (BatchNorm, whose rows are channels),
+  2 by row ``g`` (BatchNorm, whose rows are channels; InstanceNorm, one channel a row),
+  3 by channel as 0, in a backward whose j block holds all of a row's channels,
 * ``UPDATE_RUNNING`` -- fold the batch statistics into running_mean/var
   (BatchNorm), in place or into new tensors, with momentum, or 1 / num_batches_tracked
   read on the device when ``CUMULATIVE`` (momentum=None): no host sync,

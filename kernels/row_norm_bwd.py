@@ -8,6 +8,8 @@ order -- no atomics, so results are deterministic.  The slot of a program:
 * W_MODE 1 (LayerNorm/RMSNorm): its persistent index ``pid``; every row block it
   walks shares the same j range, so sums run across rows in registers;
 * W_MODE 2 (BatchNorm; rows of one channel): ``n * SPLIT + p``; each row is one sum;
+* W_MODE 3 (by channel, as 0, where one j block holds all of a row's channels):
+  ``n * SPLIT + p``; the channels' sums are stored once, after the walk;
 * W_MODE 0 (GroupNorm/InstanceNorm): ``n * SPLIT + p``; each channel of the row
   block gets its sum when the walk leaves that channel's j block.
 """
@@ -352,6 +354,10 @@ def row_norm_bwd(
                     if NEED_DWB and W_MODE == 2:
                         _store_dwb(DWB_ptr, n * SPLIT + p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
                                    sum_js(lw), sum_js(lb))
+                    elif NEED_DWB and W_MODE == 3:   # every tile's channels are j block 0's
+                        cidx, cmask = _channels(g0, 0, Cg, G, BLOCK_G, BLOCK_J)
+                        _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask, tl.sum(lw, axis=2),
+                                   tl.sum(lb, axis=2))
                 if NEED_DWB and W_MODE == 0 and SPLIT > 1:
                     # Channels outside this program's chunk get their zero from it.
                     for jb in range(0, T // nSB):

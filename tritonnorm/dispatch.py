@@ -249,13 +249,22 @@ def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
     return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
 
 
-def w_mode(view: RowView, spec: ReductionSpec) -> int:
+# The backward's W_MODE for parameters by channel where a tile's j block holds all of a
+# row's channels (kernels/row_norm_bwd.py).
+W_BY_CHANNEL_ONE_BLOCK = 3
+
+
+def w_mode(view: RowView, spec: ReductionSpec, cfg: Optional[config.RowConfig] = None) -> int:
     """The kernels' W_MODE: the spec's, but parameters by channel are parameters by row
-    where a row is one channel (InstanceNorm, GroupNorm with G = C).  By row, the
-    backward sums dw/db over a program's whole walk and stores them once; by channel it
-    stores each j block's channels as the walk leaves it, a branch in the hot loop."""
+    where a row is one channel (InstanceNorm, GroupNorm with G = C), and, in the backward
+    (``cfg`` given), W_BY_CHANNEL_ONE_BLOCK where one j block holds all of a row's
+    channels.  Both sum dw/db over a program's whole walk and store them once; by channel
+    the backward stores each j block's channels as its walk leaves the block, a branch in
+    the hot loop."""
     if spec.w_mode == W_BY_CHANNEL and view.Cg == 1:
         return W_BY_ROW
+    if spec.w_mode == W_BY_CHANNEL and cfg is not None and cfg.BLOCK_J >= view.Cg:
+        return W_BY_CHANNEL_ONE_BLOCK
     return spec.w_mode
 
 
@@ -286,7 +295,7 @@ class _Backward(NamedTuple):
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                 has_dres=False, has_b=False, epi=(0, False, False)) -> _Launch:
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
-                  NEED_DWB=need_dwb and phase != 1, W_MODE=w_mode(view, spec),
+                  NEED_DWB=need_dwb and phase != 1, W_MODE=w_mode(view, spec, cfg),
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
