@@ -178,15 +178,19 @@ MAX_PAD = 1 / 16
 
 def _low_waste(n: int, cap: int, floor: int) -> int:
     """A power-of-two block for walking n elements, at most cap: one that divides n, down
-    to cap / 8 (whole tiles go unmasked: dispatch._even); else the largest down to floor
-    whose tiles pad n by at most MAX_PAD; else the one in that range that pads least.
-    floor is one 128-byte line along the contiguous axis (narrower, a warp's loads would
-    no longer fill whole lines), 1 along another."""
+    to cap / 8 (whole tiles go unmasked: dispatch._even); else, with a floor (the
+    contiguous axis: one 128-byte line, narrower and a warp's loads would no longer fill
+    whole lines), the largest down to floor whose tiles pad n by at most MAX_PAD, or the
+    one in that range that pads least; else (floor 0, another axis) cap -- a few elements
+    of a strided axis a tile spread the tile's reductions over more of it (BatchNorm
+    32x2048x7x7 NHWC: S = 49 in blocks of 4, 59 -> 83 us, ../shared/tools/sass_model.py)."""
     b = cap
     while b >= max(1, floor, cap // 8):
         if n % b == 0:
             return b
         b //= 2
+    if floor == 0:
+        return cap
     best, best_pad = cap, None
     b = cap
     while b >= min(floor, cap):
@@ -246,7 +250,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         cap = room
         if a != "g":
             # A walked axis: a block that divides it, or pads it little.
-            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()) if i == 0 else 1)
+            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()) if i == 0 else 0)
         if a == "g":
             # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
