@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .activation import act_grad, mask_grad
 from .row_norm import _chunk, _load, _load_params, _tile_j
-from .tiles import div, out_offsets, per_row, row_block, rsqrt, sum_js, tile_offsets, wide
+from .tiles import div, out_offsets, per_row, row_block, rsqrt, sum_js, sum_tile, tile_offsets, wide
 
 
 @triton.jit
@@ -284,8 +284,8 @@ def row_norm_bwd(
             if PHASE == 2 or PHASE == 3:
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
             elif RESIDENT:
-                a1 = sum_js(w * dy * xhat)
-                a2 = sum_js(w * dy)
+                a1 = sum_tile(w * dy * xhat)
+                a2 = sum_tile(w * dy)
                 if PHASE == 1:
                     _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
             else:
@@ -317,7 +317,7 @@ def row_norm_bwd(
                             rbias += dy
                         elif W_MODE == 2:
                             _store_dwb(DWB_ptr, n * SPLIT + p, Cw, g0 + tl.arange(0, BLOCK_G),
-                                       rmask, sum_js(dy * xhat), sum_js(dy))
+                                       rmask, sum_tile(dy * xhat), sum_tile(dy))
                         else:
                             cidx, cmask = _channels(g0, t0 // nSB, Cg, G, BLOCK_G, BLOCK_J)
                             _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask,
