@@ -22,10 +22,17 @@ from .tiles import div, out_offsets, per_row, row_block, rsqrt, sum_js, sum_tile
 
 
 @triton.jit
-def _store_dwb(DWB_ptr, slot, Cw, idx, mask, pw, pb):
-    base = DWB_ptr + slot.to(tl.int64) * 2 * Cw
-    tl.store(base + idx, pw, mask=mask)
-    tl.store(base + Cw + idx, pb, mask=mask)
+def _store_dwb(DWB_ptr, DB_ptr, slot, Cw, idx, mask, pw, pb, DWB_FINAL: tl.constexpr):
+    """A program's dw/db sums over its rows: to its slot of the scratch, or, with DWB_FINAL
+    (the scratch would have one slot: every parameter is summed by one program), straight
+    to dw and db in their dtype, with no column sum after."""
+    if DWB_FINAL:
+        tl.store(DWB_ptr + idx, pw.to(DWB_ptr.dtype.element_ty), mask=mask)
+        tl.store(DB_ptr + idx, pb.to(DB_ptr.dtype.element_ty), mask=mask)
+    else:
+        base = DWB_ptr + slot.to(tl.int64) * 2 * Cw
+        tl.store(base + idx, pw, mask=mask)
+        tl.store(base + Cw + idx, pb, mask=mask)
 
 
 @triton.jit
@@ -191,7 +198,9 @@ def row_norm_bwd(
     Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
     Rstd_ptr,  # shape (N * G,); in PHASE 3 the given variance
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
-    DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once
+    DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once;
+               # with DWB_FINAL, shape (Cw,): dw itself
+    DB_ptr,    # shape (Cw,): db, written with DWB_FINAL
     DH_ptr,    # shape (N, G, Cg, S), laid out like DY: gradient of h, read when HAS_DRES
     B_ptr,     # shape like W: the bias, read to recompute z when ACT (and not MASK)
     R_ptr,     # shape (N, G, Cg, S), laid out like X: the residual, read likewise with ADD_Y
@@ -206,7 +215,7 @@ def row_norm_bwd(
     HAS_B: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr,
+    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, DWB_FINAL: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -256,8 +265,9 @@ def row_norm_bwd(
                 lw += dy * xhat
                 lb += dy
             if NEED_DWB:
-                _store_dwb(DWB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(lw, axis=2), axis=0),
-                           tl.sum(tl.sum(lb, axis=2), axis=0))
+                _store_dwb(DWB_ptr, DB_ptr, pid, Cw, jr, jr < Cg,
+                           tl.sum(tl.sum(lw, axis=2), axis=0),
+                           tl.sum(tl.sum(lb, axis=2), axis=0), DWB_FINAL)
     else:
         if RESIDENT and W_MODE == 1:
             jr = _tile_j(t0, nSB, BLOCK_J)
@@ -316,12 +326,13 @@ def row_norm_bwd(
                             rw += dy * xhat
                             rbias += dy
                         elif W_MODE == 2:
-                            _store_dwb(DWB_ptr, n * SPLIT + p, Cw, g0 + tl.arange(0, BLOCK_G),
-                                       rmask, sum_tile(dy * xhat), sum_tile(dy))
+                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
+                                       g0 + tl.arange(0, BLOCK_G), rmask, sum_tile(dy * xhat),
+                                       sum_tile(dy), DWB_FINAL)
                         else:
                             cidx, cmask = _channels(g0, t0 // nSB, Cg, G, BLOCK_G, BLOCK_J)
-                            _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask,
-                                       tl.sum(dy * xhat, axis=2), tl.sum(dy, axis=2))
+                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask,
+                                       tl.sum(dy * xhat, axis=2), tl.sum(dy, axis=2), DWB_FINAL)
                 else:
                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
@@ -347,24 +358,26 @@ def row_norm_bwd(
                                 sb = t - (t // nSB) * nSB
                                 if (sb == nSB - 1) | (t == t1 - 1):
                                     cidx, cmask = _channels(g0, t // nSB, Cg, G, BLOCK_G, BLOCK_J)
-                                    _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask,
-                                               tl.sum(lw, axis=2), tl.sum(lb, axis=2))
+                                    _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask,
+                                               tl.sum(lw, axis=2), tl.sum(lb, axis=2), DWB_FINAL)
                                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     if NEED_DWB and W_MODE == 2:
-                        _store_dwb(DWB_ptr, n * SPLIT + p, Cw, g0 + tl.arange(0, BLOCK_G), rmask,
-                                   sum_js(lw), sum_js(lb))
+                        _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
+                                   g0 + tl.arange(0, BLOCK_G), rmask, sum_js(lw), sum_js(lb),
+                                   DWB_FINAL)
                     elif NEED_DWB and W_MODE == 3:   # every tile's channels are j block 0's
                         cidx, cmask = _channels(g0, 0, Cg, G, BLOCK_G, BLOCK_J)
-                        _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask, tl.sum(lw, axis=2),
-                                   tl.sum(lb, axis=2))
+                        _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask,
+                                   tl.sum(lw, axis=2), tl.sum(lb, axis=2), DWB_FINAL)
                 if NEED_DWB and W_MODE == 0 and SPLIT > 1:
                     # Channels outside this program's chunk get their zero from it.
                     for jb in range(0, T // nSB):
                         if (jb < t0 // nSB) | (jb > (t1 - 1) // nSB):
                             cidx, cmask = _channels(g0, jb, Cg, G, BLOCK_G, BLOCK_J)
                             zero = tl.zeros([BLOCK_G, BLOCK_J], ACC)
-                            _store_dwb(DWB_ptr, n * SPLIT + p, Cw, cidx, cmask, zero, zero)
+                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask, zero,
+                                       zero, DWB_FINAL)
         if RESIDENT and W_MODE == 1 and NEED_DWB:
-            _store_dwb(DWB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(rw, axis=2), axis=0),
-                       tl.sum(tl.sum(rbias, axis=2), axis=0))
+            _store_dwb(DWB_ptr, DB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(rw, axis=2), axis=0),
+                       tl.sum(tl.sum(rbias, axis=2), axis=0), DWB_FINAL)

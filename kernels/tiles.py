@@ -15,6 +15,11 @@ reduction hands each of ``SPLIT`` programs a contiguous range of ``t``.
 import triton
 import triton.language as tl
 
+# tl.reshape(..., can_reorder=True) lets the compiler keep a tile's layout when it flattens
+# axes for a sum (sum_tile).  Triton 3.9 deprecates the flag (3.10 removes it), so it is
+# asked for only before 3.9; 3.9 without it still gains (sum_tile's numbers).
+_REORDER = tl.constexpr(tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9))
+
 
 @triton.jit
 def row_block(rb, nGB, G, stat_sN, BLOCK_G: tl.constexpr):
@@ -90,12 +95,13 @@ def sum_tile(v):
     """sum_js for a resident tile, reduced once a row block: where both j and s are blocked
     (BatchNorm NCHW: samples x positions), one reduction over the flattened j*s axis, in
     any order (a sum does not care), not s then j -- that reduced a thread's values once
-    per j it held and went through shared memory twice (BatchNorm 32x2048x7x7 bf16 fwd+bwd
-    96 -> 54 us, ../shared/tools/sass_model.py).  Not in a walk's final sum: the reshape's
-    layout reaches back into the loop and cost more there than it saved."""
+    per j it held and went through shared memory twice (BatchNorm 32x2048x7x7 bf16 forward,
+    triton 3.6: 39 -> 25 us; 3.9, in order: 37 -> 31; ../shared/tools/sass_model.py).  Not
+    in a walk's final sum: the reshape's layout reaches back into the loop and cost more
+    there than it saved."""
     if v.shape[1] > 1 and v.shape[2] > 1:
-        return tl.sum(tl.reshape(v, [v.shape[0], v.shape[1] * v.shape[2]], can_reorder=True),
-                      axis=1)
+        flat = tl.reshape(v, [v.shape[0], v.shape[1] * v.shape[2]], can_reorder=_REORDER)
+        return tl.sum(flat, axis=1)
     else:
         return sum_js(v)
 

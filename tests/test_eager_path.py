@@ -136,3 +136,46 @@ def test_an_eager_batchnorm_training_forward_is_its_kernels_and_one_add(tiling, 
     torch.testing.assert_close(bn.running_mean, ref.running_mean)
     torch.testing.assert_close(bn.running_var, ref.running_var)
     assert bn.num_batches_tracked == ref.num_batches_tracked == 2
+
+
+# Backwards in which one program sums each parameter (dispatch's one-slot plan): a
+# BatchNorm whose channels are each one resident tile, a LayerNorm of 2 long rows in one
+# row block (its programs split the columns), a GroupNorm of one sample.
+ONE_SLOT = {
+    "batch": (lambda: tritonnorm.BatchNorm2d(6), lambda: torch.nn.BatchNorm2d(6), (4, 6, 5, 3), {}),
+    "layer 2 long rows": (lambda: tritonnorm.LayerNorm(96), lambda: torch.nn.LayerNorm(96),
+                          (2, 96),
+                          {"max_tile": 32, "split": 3, "programs": 1}),
+    "group 1 sample": (lambda: tritonnorm.GroupNorm(3, 6), lambda: torch.nn.GroupNorm(3, 6),
+                       (1, 6, 5, 3), {}),
+}
+
+
+@pytest.mark.parametrize("param_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ONE_SLOT)
+def test_a_backward_with_one_program_per_parameter_writes_dw_db_without_a_column_sum(
+        name, param_dtype, monkeypatch):
+    """Where the dw/db scratch would have one slot, the backward kernel stores dw and db
+    themselves, in the parameters' dtype, as two tensors that share no storage (custom
+    ops' outputs may not alias); no column sum is launched.  Torch is the oracle."""
+    from tritonnorm import config, dispatch
+    make, make_ref, shape, tiling = ONE_SLOT[name]
+    sums = []
+    monkeypatch.setattr(dispatch, "_run_column_sum", lambda *a: sums.append(a))
+    torch.manual_seed(0)
+    layer, ref = make().to(DEVICE, param_dtype), make_ref().to(DEVICE, param_dtype)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-1, 1)
+        ref.load_state_dict(layer.state_dict())
+    x = torch.randn(shape, device=DEVICE, dtype=param_dtype)
+    g = torch.randn(shape, device=DEVICE, dtype=param_dtype)
+    with config.override(**tiling):
+        _, grads, _ = _run(layer, x, g)
+    _, want, _ = _run(ref, x, g)
+    assert not sums
+    dw, db = grads[1:]
+    assert dw.dtype == db.dtype == param_dtype
+    assert dw.untyped_storage().data_ptr() != db.untyped_storage().data_ptr()
+    tol = dict(rtol=1e-5, atol=1e-5) if param_dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
+    for got, ref_grad in zip(grads, want):
+        torch.testing.assert_close(got, ref_grad, **tol)

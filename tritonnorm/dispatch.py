@@ -293,13 +293,16 @@ class _Backward(NamedTuple):
 
 
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
-                has_dres=False, has_b=False, epi=(0, False, False)) -> _Launch:
+                has_dres=False, has_b=False, epi=(0, False, False), final=False) -> _Launch:
+    """``final``: the dw/db scratch would have one slot, so the kernel stores dw and db
+    themselves (DWB_FINAL) and no column sum follows."""
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
                   NEED_DWB=need_dwb and phase != 1, W_MODE=w_mode(view, spec, cfg),
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
-                  ACC=_tl(acc_dtype(x)), **_blocks(view, cfg, n_part, x.element_size(), True))
+                  ACC=_tl(acc_dtype(x)), **_blocks(view, cfg, n_part, x.element_size(), True),
+                  DWB_FINAL=final and need_dwb and phase != 1)
     ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
                                                  _param_count(view, spec))
     return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
@@ -318,8 +321,9 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     cfg = config.row_config(view, x, spec, "bwd")
     cw = _param_count(view, spec)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
+    slots = dwb_slots(view, spec, cfg, nprog)
     part = None
-    flags = (has_dres, has_b, epi)
+    flags = (has_dres, has_b, epi, slots == 1)
     if fixed:
         main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
     elif n_part is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
@@ -327,10 +331,10 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     else:
         part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags)
         if epi[1]:   # the partials pass stored dz (the residual's gradient): the merge reads it
-            flags = (has_dres, False, (0, False, False))
+            flags = (has_dres, False, (0, False, False), slots == 1)
         main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
                            *flags)
-    plan = _Backward(main, part, dwb_slots(view, spec, cfg, nprog), cw, float(view.Cg * view.S))
+    plan = _Backward(main, part, slots, cw, float(view.Cg * view.S))
     return config.remember(_BWD, key, plan)
 
 
@@ -366,11 +370,13 @@ def sign_mask(x: torch.Tensor, post, act) -> Optional[torch.Tensor]:
 
 
 def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None,
-         epi: Optional[Epilogue] = None):
+         epi: Optional[Epilogue] = None, db=None):
+    """``dwb``: the dw/db scratch, or dw itself with ``db`` (a plan with one slot)."""
     extra = (x, x, x, x) if epi is None else tuple(
         x if t is None else t for t in (epi.bias, epi.post, epi.mask, epi.dr))
     _run_bwd(L.compiled, (x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-                          dwb if dwb is not None else rstd, x if dres is None else dres) + extra,
+                          dwb if dwb is not None else rstd, db if db is not None else rstd,
+                          x if dres is None else dres) + extra,
              (*L.ints, count, *_split(eps), *_split(epi and epi.act.slope), *L.consts),
              L.grid, L.opts)
 
@@ -410,13 +416,19 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
                  None if partials is None else partials.shape[1], dres is not None, epi)
     dx = out_like(x, view, spec)
     # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
-    dwb = (torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
-           if need_dwb else None)
+    # With one slot (one program sums each parameter) the kernel writes dw and db directly.
+    out_dtype = weight.dtype if weight is not None else x.dtype
+    dwb = db = None
+    if need_dwb and plan.slots == 1:
+        dwb = torch.empty(plan.cw, dtype=out_dtype, device=x.device)
+        db = torch.empty(plan.cw, dtype=out_dtype, device=x.device)
+    elif need_dwb:
+        dwb = torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
     count = plan.count if count is None else count
     if fixed:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps, dres, epi)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps, dres, epi, db)
     elif plan.partials is None:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0, dres, epi)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0, dres, epi, db)
     else:
         if partials is None:
             partials = torch.empty(view.rows, plan.partials.cfg.SPLIT, 2, dtype=acc_dtype(x),
@@ -425,11 +437,14 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
         if epi is not None and epi.dr is not None:
             # The partials pass (here, or backward_partials' for SyncBatchNorm) wrote dz.
             dy, epi = epi.dr, None
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres, epi)
+        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres, epi,
+             db)
     if dwb is None:
         return dx, None, None
-    dw, db = column_sums(dwb, plan.slots, 2 * plan.cw,
-                         weight.dtype if weight is not None else x.dtype, plan.cw)
+    if db is not None:
+        dw = dwb
+    else:
+        dw, db = column_sums(dwb, plan.slots, 2 * plan.cw, out_dtype, plan.cw)
     return dx, dw if need_dw else None, db if need_db else None
 
 
