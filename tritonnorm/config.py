@@ -328,12 +328,15 @@ def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int, w_mode: int = W_
 
 
 def column_sum_blocks(a: int, k: int, target: int = 1):
-    """(BLOCK_A, BLOCK_K) for summing an [a, k] partials tensor over a: one tile of the
-    usual size, columns split over about ``target`` programs (the program count that fills
-    the device: 64 programs on 132 SMs left the LayerNorm backward's sum latency-bound,
-    ../shared/tools/sass_model.py) but at least 32 wide, a 128-byte line of fp32, and as
-    many partial rows as the tile leaves room for (more rows are looped)."""
+    """(BLOCK_A, BLOCK_K, num_warps) for summing an [a, k] partials tensor over a: one tile
+    of the usual size, columns split over about ``target`` programs (the program count that
+    fills the device) but at least 8 wide, one 32-byte sector of fp32, and as many partial
+    rows as the tile leaves room for (more rows are looped); 16 elements a thread, up to 8
+    warps.  Why so narrow and so many warps: the sum is a few MB read once, bound by its
+    latency -- the LayerNorm 8192x768 backward's sum of 264 x 1536 partials took 8.6 us on
+    48 programs of 4 warps, 4.3 us on 192 of 8 (../shared/tools/sass_model.py); neighbouring
+    programs read the rest of each 128-byte line from L2."""
     tile = _overrides.get("max_tile", DEFAULT_MAX_TILE)
-    block_k = min(_p2(k), max(32, _p2(triton.cdiv(k, max(1, target)))), tile)
+    block_k = min(_p2(k), max(8, _p2(triton.cdiv(k, max(1, target)))), tile)
     block_a = min(_p2(a), max(1, tile // block_k))
-    return block_a, block_k
+    return block_a, block_k, max(1, min(8, block_a * block_k // 512))

@@ -455,10 +455,11 @@ def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, 
     key = (a, k, partials.get_device())
     blocks = _COLSUM.get(key)
     if blocks is None:
-        block_a, block_k = config.column_sum_blocks(a, k, target_programs(partials))
-        blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k), 1, 1), block_a, block_k, {}))
-    grid, block_a, block_k, compiled = blocks
+        block_a, block_k, warps = config.column_sum_blocks(a, k, target_programs(partials))
+        blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k), 1, 1), block_a, block_k,
+                                                {"num_warps": warps}, {}))
+    grid, block_a, block_k, opts, compiled = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)
     second = torch.empty(k - k1, dtype=out_dtype, device=partials.device)
-    _run_column_sum(compiled, (partials, first, second), (a, k, k1, block_a, block_k), grid, {})
+    _run_column_sum(compiled, (partials, first, second), (a, k, k1, block_a, block_k), grid, opts)
     return first, second
