@@ -120,3 +120,29 @@ def test_eval_without_running_stats_uses_batch_stats(device):
     ref.eval()
     x = torch.randn(4, 3, 5, 5, device=device) * 2 + 1
     torch.testing.assert_close(ours(x), ref(x), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("shape, fmt, merged", [
+    ((8, 6, 7, 7), torch.channels_last, True),
+    ((2, 3, 3, 4, 5), torch.channels_last_3d, True),
+    ((8, 6, 7, 7), torch.contiguous_format, False),
+    ((6, 5), torch.contiguous_format, False),
+    ((1, 6, 7, 7), torch.channels_last, False),
+], ids=["nhwc", "ndhwc", "nchw", "1d", "one sample"])
+def test_kernels_walk_a_channels_last_channel_as_one_strided_axis(shape, fmt, merged):
+    """In channels_last BatchNorm a channel's (sample, position) pairs are equally spaced, C
+    apart: the kernels walk them as one axis of N * S elements (kernel_view), so tiles
+    need not pad S's remainder.  Elsewhere the view is kept.  The rows are the same."""
+    from tritonnorm.spec import BATCH, GROUP, batch_layout, channel_layout, kernel_view
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    _, view = batch_layout(x)
+    kv = kernel_view(view, BATCH)
+    assert kv.rows == view.rows and kv.Cg * kv.S == view.Cg * view.S
+    n, c = shape[0], shape[1]
+    if merged:
+        assert (kv.Cg, kv.S, kv.sS, kv.sG) == (1, x.numel() // c, c, 1)
+    else:
+        assert kv == view
+    if x.dim() > 2:   # GroupNorm's parameters depend on j: never merged
+        _, gview = channel_layout(x, 3 if c % 3 == 0 else 1)
+        assert kernel_view(gview, GROUP) == gview

@@ -23,8 +23,8 @@ from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
-from .spec import (W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, out_like,
-                   rows_strided)
+from .spec import (W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, kernel_view,
+                   out_like, rows_strided)
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -187,6 +187,7 @@ def _running_kind(running) -> int:
 def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=None) -> torch.Tensor:
     """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3).  With a
     ``residual``, of the rows of h = x + residual, which are written to ``h``."""
+    view = kernel_view(view, spec)
     cfg = config.row_config(view, x, spec, "fwd")
     L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, cfg.SPLIT, residual is not None)
     part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
@@ -214,6 +215,7 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     * ``act`` (activation.Act), ``post`` (a residual, x's dtype and strides) and ``mask``
       (bool, x's strides; relu / leaky_relu): y = act(norm(x) + post), and z > 0 into
       ``mask`` for the backward."""
+    view = kernel_view(view, spec)
     has_w, has_b = weight is not None, bias is not None
     epi = _epi(act, post, mask)
     qdtype, scale, dynamic = quant if quant is not None else (None, None, False)
@@ -392,6 +394,7 @@ def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, r
                       epi: Optional[Epilogue] = None):
     """Per-program (sum w*dz*xhat, sum w*dz) of every row: shape (rows, SPLIT, 2); with a
     residual epilogue, dz itself goes to ``epi.dr`` (row_backward's merge pass reads it)."""
+    view = kernel_view(view, spec)
     plan = _plan(x, view, spec, weight, False, False, 0, False, epi)
     L = plan.partials
     part = torch.empty(view.rows, L.cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
@@ -411,6 +414,7 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
     (default: the row length).  ``dres`` (x's strides) is added to dx: the gradient
     of h for a fused residual add, whose forward saved h as ``x``.  ``epi``: the forward
     had an activation (and residual) epilogue (Epilogue; its ``dr`` is filled)."""
+    view = kernel_view(view, spec)
     need_dwb = need_dw or need_db
     plan = _plan(x, view, spec, weight, need_dwb, fixed,
                  None if partials is None else partials.shape[1], dres is not None, epi)
