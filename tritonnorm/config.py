@@ -176,16 +176,16 @@ def _coalescing_rows(view: RowView, order, itemsize: int) -> int:
 MAX_PAD = 1 / 16
 
 
-def _low_waste(n: int, cap: int, floor: int) -> int:
+def _low_waste(n: int, cap: int, floor: int, depth: int = 8) -> int:
     """A power-of-two block for walking n elements, at most cap: one that divides n, down
-    to cap / 8 (whole tiles go unmasked: dispatch._even); else, with a floor (the
+    to cap / depth (whole tiles go unmasked: dispatch._even); else, with a floor (the
     contiguous axis: one 128-byte line, narrower and a warp's loads would no longer fill
     whole lines), the largest down to floor whose tiles pad n by at most MAX_PAD, or the
     one in that range that pads least; else (floor 0, another axis) cap -- a few elements
     of a strided axis a tile spread the tile's reductions over more of it (BatchNorm
     32x2048x7x7 NHWC: S = 49 in blocks of 4, 59 -> 83 us, ../shared/tools/sass_model.py)."""
     b = cap
-    while b >= max(1, floor, cap // 8):
+    while b >= max(1, floor, cap // depth):
         if n % b == 0:
             return b
         b //= 2
@@ -250,7 +250,13 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         cap = room
         if a != "g":
             # A walked axis: a block that divides it, or pads it little.
-            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()) if i == 0 else 0)
+            # Half-precision tiles search for a divisor down to cap / 16: BatchNorm NCHW at
+            # 112x112 (S = 12544 = 49 x 256) then walks [16, 256] tiles unmasked, not 1024
+            # padded (bf16 fwd+bwd 162 -> 142 us).  fp32 stays at cap / 8: its [16, 256]
+            # tiles, four 16-byte loads a thread, had them issued one at a time (265 -> 299).
+            # ../shared/tools/sass_model.py, triton 3.6.
+            cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()) if i == 0 else 0,
+                             16 if x.element_size() <= 2 else 8)
         if a == "g":
             # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
