@@ -178,7 +178,7 @@ MAX_PAD = 1 / 16
 
 def _low_waste(n: int, cap: int, floor: int, depth: int = 8) -> int:
     """A power-of-two block for walking n elements, at most cap: one that divides n, down
-    to cap / depth (whole tiles go unmasked: dispatch._even); else, with a floor (the
+    to cap / depth (whole tiles go unmasked: plan.even); else, with a floor (the
     contiguous axis: one 128-byte line, narrower and a warp's loads would no longer fill
     whole lines), the largest down to floor whose tiles pad n by at most MAX_PAD, or the
     one in that range that pads least; else (floor 0, another axis) cap -- a few elements

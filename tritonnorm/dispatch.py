@@ -10,106 +10,24 @@ between ranks in between.
 
 Host cost: everything a launch needs that depends only on (view, dtype, device,
 norm, flags) -- the config, the grid, the runtime ints and the constexprs -- is a
-``_Launch`` built once and memoised (config.memo), so a steady-state call is a
+``Launch`` built once and memoised (config.memo), so a steady-state call is a
 dict lookup, the allocation of its outputs and the launch.
 """
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
-import triton.language as tl
 
 from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
-from .spec import (W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, kernel_view,
-                   out_like, rows_strided)
-
-
-def acc_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation and saved-statistics dtype: fp32, or fp64 for fp64 input."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _tl(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+from .plan import (Launch, acc_dtype, blocks, cdiv, dwb_slots, geometry, make_launch,
+                   param_count, split_float, tl_acc, w_mode)
+from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, out_like, rows_strided
 
 
 # Module globals, so the CPU host bench can stub them (bench_host).
 _run_fwd, _run_bwd, _run_column_sum = (launcher(k) for k in (row_norm_fwd, row_norm_bwd, column_sum))
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _p2(n: int) -> int:
-    """Next power of two (triton.next_power_of_2 costs microseconds a call)."""
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-class _Launch(NamedTuple):
-    """One kernel launch, but for its tensors and floats: memoised per shape."""
-    grid: tuple
-    ints: tuple     # the runtime ints after the pointers
-    consts: tuple   # the constexprs, positionally, in the kernel's order
-    opts: dict      # num_warps, num_stages
-    cfg: config.RowConfig
-    compiled: dict  # the compiled kernels its launches use (launch.launcher)
-
-
-def _launch(kernel, grid, ints, consts: dict, cfg) -> _Launch:
-    """Constexprs go positionally: a launch then passes two keywords, not twenty --
-    a microsecond a call on a slow host (the constexprs are the kernel's last
-    parameters)."""
-    opts = {k: consts.pop(k) for k in ("num_warps", "num_stages")}
-    names = kernel.arg_names[len(kernel.arg_names) - len(consts):]
-    assert set(names) == set(consts), (names, consts)
-    grid = tuple(grid) + (1,) * (3 - len(grid))
-    return _Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg, {})
-
-
-def _geometry(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part: int):
-    """The kernels' geometry ints; the outputs' row strides (ysN, ysG) are x's, or the
-    dense ones where x's rows are strided (spec.rows_strided)."""
-    ys = (view.G * view.Cg, view.Cg) if rows_strided(view, spec) else (view.sN, view.sG)
-    # The stride of an axis of size 1 is never used: it goes as 0, which the JIT marks
-    # divisible by 16.  As torch's stride (1, say) the kernel would add j * 1 with j of
-    # unknown alignment, and the compiler could no longer prove the wide loads of the
-    # contiguous axis (channels_last InstanceNorm: 16-bit loads, ../shared/tools/sass_model.py).
-    sJ = view.sJ if view.Cg > 1 else 0
-    sS = view.sS if view.S > 1 else 0
-    return (view.G, view.Cg, view.S, view.sN, view.sG, sJ, sS,
-            cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part) + ys
-
-
-def _even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool) -> bool:
-    """Whether the tiles go unmasked (EVEN, kernels/tiles.py, tile_offsets): the blocks
-    divide G, Cg and S, so every tile is whole, and the tile's run along the contiguous
-    axis is at least 16 bytes, so its loads are vectors.  Why that last condition: scalar
-    loads left unmasked were issued one by one, as ptxas saved registers, where with a
-    mask and a fill it issued them all at once (channels_last GroupNorm backward, 4 channels
-    a group: 75 -> 228 us, ../shared/tools/sass_model.py)."""
-    if view.G % cfg.BLOCK_G or view.Cg % cfg.BLOCK_J or view.S % cfg.BLOCK_S:
-        return False
-    if backward and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S > 8192:
-        # A backward tile past 8192 elements (16 warps, 128 registers a thread) holds x, dy
-        # and w in registers; unmasked, ptxas hoisted more loads and spilled (InstanceNorm
-        # 8x128x128x128): the mask stays.
-        return False
-    axes = ((view.G, view.sG, cfg.BLOCK_G), (view.Cg, view.sJ, cfg.BLOCK_J),
-            (view.S, view.sS, cfg.BLOCK_S))
-    run = [b for size, stride, b in axes if size > 1 and stride == 1]
-    return bool(run) and run[0] * itemsize >= 16
-
-
-def _blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, backward: bool):
-    """The tile constexprs (EVEN: see _even)."""
-    even = _even(view, cfg, itemsize, backward)
-    return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
-                BLOCK_PART=_p2(n_part), EVEN=even, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
 
 
 # Running-statistics update of a forward: none, with a momentum, or the cumulative average.
@@ -117,13 +35,12 @@ NO_RUNNING, MOMENTUM, CUMULATIVE = 0, 1, 2
 _FWD = config.memo()
 _BWD = config.memo()
 _COLSUM = config.memo()
-_FLOATS = config.memo()
 # The kernels' QUANT constexpr per output dtype.
 QUANT_KIND = {torch.int8: 1, torch.float8_e4m3fn: 2}
 
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False,
-                quant=0, dynamic=False, epi=(0, False, False)) -> _Launch:
+                quant=0, dynamic=False, epi=(0, False, False)) -> Launch:
     """``epi`` = (ACT, ADD_Y, MASK): the activation and residual epilogue."""
     # get_device(): an int, cheaper than x.device (the dtype and view tell CPU from GPU apart
     # only together with it: -1 is the CPU under the interpreter).
@@ -140,25 +57,15 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
                   Y_STRIDED=rows_strided(view, spec), ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
-                  ACC=_tl(acc_dtype(x)), **_blocks(view, cfg, n_part, x.element_size(), False))
+                  ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), False))
     if epi[1] and phase == 2:
         # A merge pass that also reads the epilogue's residual keeps its mask: unmasked,
         # ptxas hoisted the residual's loads beside x's and spilled (BatchNorm 8x64x28x28
         # bf16 NHWC with a residual and relu, triton 3.9: a 48-byte stack frame,
         # perf/compile_check.py --quick).
         consts["EVEN"] = False
-    ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
-    return config.remember(_FWD, key, _launch(row_norm_fwd, grid, ints, consts, cfg))
-
-
-def _split(value):
-    """Float arguments travel as fp32 on a GPU: a float goes as hi + lo fp32 parts, which
-    an fp64 kernel adds back to 48 significant bits (kernels/tiles.py, ``wide``)."""
-    parts = _FLOATS.get(value)
-    if parts is None:
-        hi = float(np.float32(value or 0.0))
-        parts = config.remember(_FLOATS, value, (hi, float(np.float32((value or 0.0) - hi))))
-    return parts
+    ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
+    return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg))
 
 
 def _epi(act, post, mask) -> tuple:
@@ -166,7 +73,7 @@ def _epi(act, post, mask) -> tuple:
     return (0 if act is None else act.code, post is not None, mask is not None)
 
 
-def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
+def _fwd(L: Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
          h=None, scale=None, act=None, mask=None):
     if running is None:   # unused pointers: any tensor
         rm = rv = rm_out = rv_out = nbt = mean
@@ -175,12 +82,12 @@ def _fwd(L: _Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, re
         rm, rv, momentum, nbt = running[:4]
         rm_out, rv_out = running[4:] if len(running) > 4 else (rm, rv)
         nbt = mean if nbt is None else nbt
-        mom_hi, mom_lo = _split(momentum)
+        mom_hi, mom_lo = split_float(momentum)
     _run_fwd(L.compiled, (x, y, x if weight is None else weight, x if bias is None else bias,
                           mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
                           x if residual is None else residual, x if h is None else h,
                           x if scale is None else scale, x if mask is None else mask),
-             (*L.ints, *_split(eps), mom_hi, mom_lo, *_split(act and act.slope), *L.consts),
+             (*L.ints, *split_float(eps), mom_hi, mom_lo, *split_float(act and act.slope), *L.consts),
              L.grid, L.opts)
 
 
@@ -257,51 +164,18 @@ def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
     return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
 
 
-# The backward's W_MODE for parameters by channel where a tile's j block holds all of a
-# row's channels (kernels/row_norm_bwd.py).
-W_BY_CHANNEL_ONE_BLOCK = 3
-
-
-def w_mode(view: RowView, spec: ReductionSpec, cfg: Optional[config.RowConfig] = None) -> int:
-    """The kernels' W_MODE: the spec's, but parameters by channel are parameters by row
-    where a row is one channel (InstanceNorm, GroupNorm with G = C), and, in the backward
-    (``cfg`` given), W_BY_CHANNEL_ONE_BLOCK where one j block holds all of a row's
-    channels.  Both sum dw/db over a program's whole walk and store them once; by channel
-    the backward stores each j block's channels as its walk leaves the block, a branch in
-    the hot loop."""
-    if spec.w_mode == W_BY_CHANNEL and view.Cg == 1:
-        return W_BY_ROW
-    if spec.w_mode == W_BY_CHANNEL and cfg is not None and cfg.BLOCK_J >= view.Cg:
-        return W_BY_CHANNEL_ONE_BLOCK
-    return spec.w_mode
-
-
-def dwb_slots(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, nprog: int) -> int:
-    """Rows of the backward's dw/db scratch: one per program that owns a slot
-    (see row_norm_bwd): persistent programs (LayerNorm/RMSNorm), or samples x split
-    programs (by row or channel; BatchNorm's view has one sample)."""
-    if spec.w_mode == W_BY_ELEMENT:
-        return nprog
-    return view.N * cfg.SPLIT
-
-
-def _param_count(view: RowView, spec: ReductionSpec) -> int:
-    """Elements of the affine parameters: one per row element, row or channel."""
-    return {W_BY_ELEMENT: view.Cg, W_BY_ROW: view.G}.get(spec.w_mode, view.G * view.Cg)
-
-
 class _Backward(NamedTuple):
     """A backward's memoised plan: its main launch, and the partials launch
     (PHASE 1) where rows are split."""
-    main: _Launch
-    partials: Optional[_Launch]
+    main: Launch
+    partials: Optional[Launch]
     slots: int      # rows of the dw/db scratch
     cw: int         # parameter elements
     count: float    # default row length
 
 
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
-                has_dres=False, has_b=False, epi=(0, False, False), final=False) -> _Launch:
+                has_dres=False, has_b=False, epi=(0, False, False), final=False) -> Launch:
     """``final``: the dw/db scratch would have one slot, so the kernel stores dw and db
     themselves (DWB_FINAL) and no column sum follows."""
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
@@ -309,11 +183,11 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
-                  ACC=_tl(acc_dtype(x)), **_blocks(view, cfg, n_part, x.element_size(), True),
+                  ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), True),
                   DWB_FINAL=final and need_dwb and phase != 1)
-    ints = _geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
-                                                 _param_count(view, spec))
-    return _launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
+    ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
+                                                 param_count(view, spec))
+    return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
 
 
 def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has_b=False,
@@ -327,7 +201,7 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     if hit is not None:
         return hit
     cfg = config.row_config(view, x, spec, "bwd")
-    cw = _param_count(view, spec)
+    cw = param_count(view, spec)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
     slots = dwb_slots(view, spec, cfg, nprog)
     part = None
@@ -377,7 +251,7 @@ def sign_mask(x: torch.Tensor, post, act) -> Optional[torch.Tensor]:
     return None
 
 
-def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None,
+def _bwd(L: Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None,
          epi: Optional[Epilogue] = None, db=None):
     """``dwb``: the dw/db scratch, or dw itself with ``db`` (a plan with one slot)."""
     extra = (x, x, x, x) if epi is None else tuple(
@@ -385,7 +259,7 @@ def _bwd(L: _Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=
     _run_bwd(L.compiled, (x, dy, dx, weight if weight is not None else x, mean, rstd, part,
                           dwb if dwb is not None else rstd, db if db is not None else rstd,
                           x if dres is None else dres) + extra,
-             (*L.ints, count, *_split(eps), *_split(epi and epi.act.slope), *L.consts),
+             (*L.ints, count, *split_float(eps), *split_float(epi and epi.act.slope), *L.consts),
              L.grid, L.opts)
 
 
@@ -466,7 +340,7 @@ def column_sums(partials: torch.Tensor, a: int, k: int, out_dtype: torch.dtype, 
     blocks = _COLSUM.get(key)
     if blocks is None:
         block_a, block_k, warps = config.column_sum_blocks(a, k, target_programs(partials))
-        blocks = config.remember(_COLSUM, key, ((_cdiv(k, block_k), 1, 1), block_a, block_k,
+        blocks = config.remember(_COLSUM, key, ((cdiv(k, block_k), 1, 1), block_a, block_k,
                                                 {"num_warps": warps}, {}))
     grid, block_a, block_k, opts, compiled = blocks
     first = torch.empty(k1, dtype=out_dtype, device=partials.device)

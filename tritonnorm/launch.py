@@ -3,7 +3,7 @@
 ``JITFunction.run`` binds its ~30 arguments, specialises each, hashes a cache key
 and looks the key up on every call: on an NVIDIA H200 host (triton 3.6) a
 LayerNorm forward cost 62 us of host time against torch's 15, most of it there.
-A plan's ints, constexprs and launch options are fixed (``dispatch._Launch``), so
+A plan's ints, constexprs and launch options are fixed (``plan.Launch``), so
 all that varies from call to call in what triton specialises on is read off the
 tensors: their dtype and whether their address is 16-byte aligned.  A plan keeps
 the ``CompiledKernel`` its first launch got, per such key, and later calls launch

@@ -27,9 +27,10 @@ from . import checks, composite
 from . import functional as TF
 from .activation import compose
 from ._runtime import use_triton
-from .dispatch import (Epilogue, acc_dtype, backward_partials, forward_partials, row_backward,
-                       row_forward, sign_mask)
+from .dispatch import (Epilogue, backward_partials, forward_partials, row_backward, row_forward,
+                       sign_mask)
 from .modules import Activated, batch_step
+from .plan import acc_dtype
 from .spec import BATCH, batch_layout, match_layout
 
 

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .activation import Act
-from .dispatch import Epilogue, acc_dtype, row_backward, row_forward, sign_mask
+from .dispatch import Epilogue, row_backward, row_forward, sign_mask
+from .plan import acc_dtype
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout, out_like
 
 SPECS = [LAYER, RMS, GROUP, INSTANCE, BATCH, RMS_CAST]

@@ -1,0 +1,136 @@
+"""Launch plans of the row-norm kernels: what a launch needs that depends only on the view,
+the dtypes and the flags -- the geometry ints, the tile constexprs, the launch options --
+in the form dispatch.py memoises (``Launch``), and the kernels' parameter modes."""
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import triton.language as tl
+
+from . import config
+from .spec import W_BY_CHANNEL, W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, rows_strided
+
+_FLOATS = config.memo()
+
+
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """Accumulation and saved-statistics dtype: fp32, or fp64 for fp64 input."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def p2(n: int) -> int:
+    """Next power of two (triton.next_power_of_2 costs microseconds a call)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+class Launch(NamedTuple):
+    """One kernel launch, but for its tensors and floats: memoised per shape."""
+    grid: tuple
+    ints: tuple     # the runtime ints after the pointers
+    consts: tuple   # the constexprs, positionally, in the kernel's order
+    opts: dict      # num_warps, num_stages
+    cfg: config.RowConfig
+    compiled: dict  # the compiled kernels its launches use (launch.launcher)
+
+
+def make_launch(kernel, grid, ints, consts: dict, cfg) -> Launch:
+    """Constexprs go positionally: a launch then passes two keywords, not twenty --
+    a microsecond a call on a slow host (the constexprs are the kernel's last
+    parameters)."""
+    opts = {k: consts.pop(k) for k in ("num_warps", "num_stages")}
+    names = kernel.arg_names[len(kernel.arg_names) - len(consts):]
+    assert set(names) == set(consts), (names, consts)
+    grid = tuple(grid) + (1,) * (3 - len(grid))
+    return Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg, {})
+
+
+def geometry(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part: int):
+    """The kernels' geometry ints; the outputs' row strides (ysN, ysG) are x's, or the
+    dense ones where x's rows are strided (spec.rows_strided)."""
+    ys = (view.G * view.Cg, view.Cg) if rows_strided(view, spec) else (view.sN, view.sG)
+    # The stride of an axis of size 1 is never used: it goes as 0, which the JIT marks
+    # divisible by 16.  As torch's stride (1, say) the kernel would add j * 1 with j of
+    # unknown alignment, and the compiler could no longer prove the wide loads of the
+    # contiguous axis (channels_last InstanceNorm: 16-bit loads, ../shared/tools/sass_model.py).
+    sJ = view.sJ if view.Cg > 1 else 0
+    sS = view.sS if view.S > 1 else 0
+    return (view.G, view.Cg, view.S, view.sN, view.sG, sJ, sS,
+            cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part) + ys
+
+
+def even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool) -> bool:
+    """Whether the tiles go unmasked (EVEN, kernels/tiles.py, tile_offsets): the blocks
+    divide G, Cg and S, so every tile is whole, and the tile's run along the contiguous
+    axis is at least 16 bytes, so its loads are vectors.  Why that last condition: scalar
+    loads left unmasked were issued one by one, as ptxas saved registers, where with a
+    mask and a fill it issued them all at once (channels_last GroupNorm backward, 4 channels
+    a group: 75 -> 228 us, ../shared/tools/sass_model.py)."""
+    if view.G % cfg.BLOCK_G or view.Cg % cfg.BLOCK_J or view.S % cfg.BLOCK_S:
+        return False
+    if backward and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S > 8192:
+        # A backward tile past 8192 elements (16 warps, 128 registers a thread) holds x, dy
+        # and w in registers; unmasked, ptxas hoisted more loads and spilled (InstanceNorm
+        # 8x128x128x128): the mask stays.
+        return False
+    axes = ((view.G, view.sG, cfg.BLOCK_G), (view.Cg, view.sJ, cfg.BLOCK_J),
+            (view.S, view.sS, cfg.BLOCK_S))
+    run = [b for size, stride, b in axes if size > 1 and stride == 1]
+    return bool(run) and run[0] * itemsize >= 16
+
+
+def blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, backward: bool):
+    """The tile constexprs (EVEN: see even)."""
+    return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
+                BLOCK_PART=p2(n_part), EVEN=even(view, cfg, itemsize, backward), num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
+
+
+def split_float(value):
+    """Float arguments travel as fp32 on a GPU: a float goes as hi + lo fp32 parts, which
+    an fp64 kernel adds back to 48 significant bits (kernels/tiles.py, ``wide``)."""
+    parts = _FLOATS.get(value)
+    if parts is None:
+        hi = float(np.float32(value or 0.0))
+        parts = config.remember(_FLOATS, value, (hi, float(np.float32((value or 0.0) - hi))))
+    return parts
+
+
+# The backward's W_MODE for parameters by channel where a tile's j block holds all of a
+# row's channels (kernels/row_norm_bwd.py).
+W_BY_CHANNEL_ONE_BLOCK = 3
+
+
+def w_mode(view: RowView, spec: ReductionSpec, cfg: Optional[config.RowConfig] = None) -> int:
+    """The kernels' W_MODE: the spec's, but parameters by channel are parameters by row
+    where a row is one channel (InstanceNorm, GroupNorm with G = C), and, in the backward
+    (``cfg`` given), W_BY_CHANNEL_ONE_BLOCK where one j block holds all of a row's
+    channels.  Both sum dw/db over a program's whole walk and store them once; by channel
+    the backward stores each j block's channels as its walk leaves the block, a branch in
+    the hot loop."""
+    if spec.w_mode == W_BY_CHANNEL and view.Cg == 1:
+        return W_BY_ROW
+    if spec.w_mode == W_BY_CHANNEL and cfg is not None and cfg.BLOCK_J >= view.Cg:
+        return W_BY_CHANNEL_ONE_BLOCK
+    return spec.w_mode
+
+
+def dwb_slots(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, nprog: int) -> int:
+    """Rows of the backward's dw/db scratch: one per program that owns a slot
+    (see row_norm_bwd): persistent programs (LayerNorm/RMSNorm), or samples x split
+    programs (by row or channel; BatchNorm's view has one sample)."""
+    if spec.w_mode == W_BY_ELEMENT:
+        return nprog
+    return view.N * cfg.SPLIT
+
+
+def param_count(view: RowView, spec: ReductionSpec) -> int:
+    """Elements of the affine parameters: one per row element, row or channel."""
+    return {W_BY_ELEMENT: view.Cg, W_BY_ROW: view.G}.get(spec.w_mode, view.G * view.Cg)
