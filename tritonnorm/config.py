@@ -283,6 +283,15 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # thread took 227-235 registers (one CTA an SM); 8 a thread, twice the warps, halve
         # that (BatchNorm 32x2048x7x7 bf16 fwd+bwd 147 -> 96 us, ../shared/tools/sass_model.py).
         per_thread //= 2
+    elif (x.element_size() == 4 and tiles > 1 and blocks["s"] * 4 <= 256
+          and (view.G % blocks["g"] or view.Cg % blocks["j"] or view.S % blocks["s"])):
+        # A masked fp32 walk tile of short rows (at most 256 bytes of S each): its 16
+        # elements a thread are four predicated 16-byte loads in four rows, of which ptxas
+        # issued two before the first use; at 8 a thread, twice the warps, more are in
+        # flight (BatchNorm 32x512x28x28 fp32 NCHW, S = 784 in blocks of 64: fwd+bwd, triton
+        # 3.6 / 3.9, 158.8 -> 143.3 / 158.3 -> 126.3 us).  Longer rows lost by it under 3.6
+        # (112x112 in blocks of 1024: 266 -> 285).  ../shared/tools/sass_model.py.
+        per_thread //= 2
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
     split = 1
     if whole_rows:
