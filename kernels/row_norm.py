@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from .activation import act
+from .quant import quantize, row_scale, tile_amax
 from .tiles import (add_shifted, div, out_offsets, per_row, row_block, rsqrt, shifted_moments,
                     tile_moments, tiles_count, tile_offsets, wide)
 
@@ -206,44 +207,6 @@ def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, s
 
 
 @triton.jit
-def _tile_amax(y, mask):
-    """[BLOCK_G] max |y| of each row of a tile."""
-    return tl.max(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=2), axis=1)
-
-
-@triton.jit
-def _qmax(QUANT: tl.constexpr):
-    """The largest value of the output format: int8 127, fp8 e4m3 448 (quant.QMAX)."""
-    return 127.0 if QUANT == 1 else 448.0
-
-
-@triton.jit
-def _row_scale(amax, Scale_ptr, rs, rmask, QUANT: tl.constexpr, DYNAMIC: tl.constexpr):
-    """The scale of each row, shaped for the tile (tiles.per_row): amax / qmax in fp32,
-    stored (DYNAMIC; rows with no value above 1e-12 get 1e-12 / qmax, so they quantize to
-    0), or the given one."""
-    if DYNAMIC:
-        a = tl.maximum(amax.to(tl.float32), 1e-12)
-        scale = div(a, tl.zeros_like(a) + _qmax(QUANT))
-        tl.store(Scale_ptr + rs, scale, mask=rmask)
-    else:
-        scale = tl.load(Scale_ptr + rs * 0).to(tl.float32)
-    return per_row(scale)
-
-
-@triton.jit
-def _quantize(y, scale3, QUANT: tl.constexpr):
-    """y / scale clamped to +-qmax; int8 rounded half to even (as torch.round): adding
-    and taking away 1.5 * 2^23 shifts the fraction out of an fp32 of magnitude < 2^22."""
-    qmax = _qmax(QUANT)
-    v = div(y.to(tl.float32), scale3 + tl.zeros_like(y).to(tl.float32))
-    v = tl.minimum(tl.maximum(v, -qmax), qmax)
-    if QUANT == 1:
-        v = (v + 12582912.0) - 12582912.0
-    return v
-
-
-@triton.jit
 def _merge_partials(Part_ptr, r, rmask, n_part, ACC: tl.constexpr, BLOCK_PART: tl.constexpr):
     """(count, mean, M2) of rows r from their n_part Chan partials: exact parallel formula.
 
@@ -388,7 +351,7 @@ def row_norm_fwd(
                 y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y,
                               MASK, ACC)
                 if QUANT != 0:
-                    y = _quantize(y, _row_scale(_tile_amax(y, mask), Scale_ptr, rs, rmask,
+                    y = quantize(y, row_scale(tile_amax(y, mask), Scale_ptr, rs, rmask,
                                                 QUANT, DYNAMIC), QUANT)
                 yoffs = out_offsets(offs, n, g, sN, sG, ysN, ysG, Y_STRIDED)
                 tl.store(Y_ptr + yoffs, y.to(Y_ptr.dtype.element_ty), mask=mask)
@@ -406,8 +369,8 @@ def row_norm_fwd(
                                 t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3,
                                 slope_hi, slope_lo, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0,
                                 False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
-                            amax = tl.maximum(amax, _tile_amax(y, mask))
-                    scale3 = _row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
+                            amax = tl.maximum(amax, tile_amax(y, mask))
+                    scale3 = row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
                     offs, mask, y = _y_tile(H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr,
                                             R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
@@ -415,5 +378,5 @@ def row_norm_fwd(
                                             Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACT,
                                             ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
                     if QUANT != 0:
-                        y = _quantize(y, scale3, QUANT)
+                        y = quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
