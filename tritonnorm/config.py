@@ -265,16 +265,6 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
             cap = min(room, max(cap, min_g))
         blocks[a] = min(_p2(sizes[a]), cap)
         room = max(1, room // blocks[a])
-    # A warp a row: a forward's LayerNorm/RMSNorm rows of at most 1024 elements (GPT-2's and
-    # BERT-base's 768) each in one warp's registers, 32 or fewer a thread, their sums reduced
-    # by shuffles alone -- a block of rows over several warps went through shared memory
-    # twice a row block -- and a program a row (forward_programs): LayerNorm 8192x768
-    # forward, triton 3.6: bf16 17.8 -> 11.2 us, fp32 22.0 -> 14.2 (../shared/tools/
-    # sass_model.py).  Not fp64, whose 32 values a thread are 64 registers.
-    warp_rows = (by_element and pass_ == "fwd" and x.element_size() <= 4 and row <= 1024
-                 and blocks["j"] * blocks["s"] == row and not whole_rows)
-    if warp_rows:
-        blocks["g"] = 1
     n_gb = triton.cdiv(view.G, blocks["g"])
     n_sb = triton.cdiv(view.S, blocks["s"])
     tiles = triton.cdiv(view.Cg, blocks["j"]) * n_sb
@@ -302,8 +292,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # 3.6 / 3.9, 158.8 -> 143.3 / 158.3 -> 126.3 us).  Longer rows lost by it under 3.6
         # (112x112 in blocks of 1024: 266 -> 285).  ../shared/tools/sass_model.py.
         per_thread //= 2
-    warps = 1 if warp_rows else max(1, min(16, tile // per_thread))
-    warps = _overrides.get("num_warps", tuned.get("num_warps", warps))
+    warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
     split = 1
     if whole_rows:
         split = 1   # a row's amax is taken in one program
@@ -329,8 +318,6 @@ def forward_programs(cfg: RowConfig, x: torch.Tensor) -> int:
     so that a program walks many row blocks and loads LayerNorm's w and b once."""
     if "programs" in _overrides:
         return max(1, min(cfg.n_rb, _overrides["programs"]))
-    if cfg.BLOCK_G == 1 and cfg.num_warps == 1 and cfg.SPLIT == 1:
-        return cfg.n_rb   # a warp a row: a program each (w and b reload from L2)
     return max(1, min(cfg.n_rb, target_programs(x)))
 
 
