@@ -57,13 +57,8 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   CUMULATIVE=running == CUMULATIVE, RESIDENT=cfg.chunk == 1, HAS_RES=has_res,
                   CAST_XHAT=spec.cast_xhat, QUANT=quant, DYNAMIC=dynamic,
                   Y_STRIDED=rows_strided(view, spec), ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
-                  ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), False))
-    if epi[1] and phase == 2:
-        # A merge pass that also reads the epilogue's residual keeps its mask: unmasked,
-        # ptxas hoisted the residual's loads beside x's and spilled (BatchNorm 8x64x28x28
-        # bf16 NHWC with a residual and relu, triton 3.9: a 48-byte stack frame,
-        # perf/compile_check.py --quick).
-        consts["EVEN"] = False
+                  ACC=tl_acc(acc_dtype(x)),
+                  **blocks(view, cfg, n_part, x.element_size(), False, epi[1] and phase == 2))
     ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg))
 

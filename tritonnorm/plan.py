@@ -66,7 +66,8 @@ def geometry(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part: 
             cfg.n_rb, cfg.nGB, cfg.nSB, cfg.T, cfg.chunk, cfg.SPLIT, n_part) + ys
 
 
-def even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool) -> bool:
+def even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool,
+         residual_merge: bool = False) -> bool:
     """Whether the tiles go unmasked (EVEN, kernels/tiles.py, tile_offsets): the blocks
     divide G, Cg and S, so every tile is whole, and the tile's run along the contiguous
     axis is at least 16 bytes, so its loads are vectors.  Why that last condition: scalar
@@ -74,6 +75,12 @@ def even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool) ->
     mask and a fill it issued them all at once (channels_last GroupNorm backward, 4 channels
     a group: 75 -> 228 us, ../shared/tools/sass_model.py)."""
     if view.G % cfg.BLOCK_G or view.Cg % cfg.BLOCK_J or view.S % cfg.BLOCK_S:
+        return False
+    if residual_merge:
+        # A forward merge pass that also reads the epilogue's residual keeps its mask:
+        # unmasked, ptxas hoisted the residual's loads beside x's and spilled (BatchNorm
+        # 8x64x28x28 bf16 NHWC with a residual and relu, triton 3.9: a 48-byte stack frame,
+        # perf/compile_check.py --quick).
         return False
     if backward and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S > 8192:
         # A backward tile past 8192 elements (16 warps, 128 registers a thread) holds x, dy
@@ -86,11 +93,12 @@ def even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool) ->
     return bool(run) and run[0] * itemsize >= 16
 
 
-def blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, backward: bool):
+def blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, backward: bool,
+           residual_merge: bool = False):
     """The tile constexprs (EVEN: see even)."""
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
-                BLOCK_PART=p2(n_part), EVEN=even(view, cfg, itemsize, backward), num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+                BLOCK_PART=p2(n_part), EVEN=even(view, cfg, itemsize, backward, residual_merge),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def split_float(value):
