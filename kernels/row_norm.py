@@ -44,7 +44,7 @@ import triton.language as tl
 
 from .activation import act
 from .quant import quantize, row_scale, tile_amax
-from .tiles import (add_shifted, div, out_offsets, per_row, row_block, rsqrt, shifted_moments,
+from .tiles import (add_shifted, by_row, div, out_offsets, part_index, per_row, sum_parts, row_block, rsqrt, shifted_moments,
                     tile_moments, tiles_count, tile_offsets, wide)
 
 
@@ -214,18 +214,18 @@ def _merge_partials(Part_ptr, r, rmask, n_part, ACC: tl.constexpr, BLOCK_PART: t
     sum c_i * m_i rounds at the magnitude of count * mean (2 ulps of the mean at -3e3 over
     300 elements), while the shifted terms c_i * (m_i - m0) are small and exact enough to
     leave the mean correctly rounded, as the walks' pivots do."""
-    i = tl.arange(0, BLOCK_PART)[None, :]
-    pm = rmask[:, None] & (i < n_part)
-    base = Part_ptr + (r[:, None] * n_part + i) * 3
+    i = part_index(BLOCK_PART)
+    pm = by_row(rmask) & (i < n_part)
+    base = Part_ptr + (by_row(r) * n_part + i) * 3
     c_i = tl.load(base, mask=pm, other=0.0).to(ACC)
     m_i = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
     q_i = tl.load(base + 2, mask=pm, other=0.0).to(ACC)
-    cnt = tl.sum(c_i, axis=1)
-    m0 = tl.sum(tl.where(i == 0, m_i, 0.0), axis=1)
-    shifted = tl.where(pm, m_i - m0[:, None], 0.0)
-    mean = m0 + div(tl.sum(c_i * shifted, axis=1), tl.maximum(cnt, 1.0))
-    d = tl.where(pm, m_i - mean[:, None], 0.0)
-    return cnt, mean, tl.sum(q_i, axis=1) + tl.sum(c_i * d * d, axis=1)
+    cnt = sum_parts(c_i)
+    m0 = sum_parts(tl.where(i == 0, m_i, 0.0))
+    shifted = tl.where(pm, m_i - by_row(m0), 0.0)
+    mean = m0 + div(sum_parts(c_i * shifted), tl.maximum(cnt, 1.0))
+    d = tl.where(pm, m_i - by_row(mean), 0.0)
+    return cnt, mean, sum_parts(q_i) + sum_parts(c_i * d * d)
 
 
 @triton.jit
