@@ -306,6 +306,17 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # perf/compile_check.py at 32 rows x 128 partials on one warp).
         split = min(split, max(1, MERGE_PER_THREAD * 32 * warps // blocks["g"]))
     split = max(1, min(split, tiles))
+    if (split > 1 and view.sG == 1 and view.G > 1 and x.element_size() <= 2
+            and not {"num_warps"} & (_overrides.keys() | tuned.keys())):
+        # Rows that are the contiguous axis (channels_last InstanceNorm and BatchNorm), split
+        # over many programs, in half precision: 4 warps a program.  The split aims at four
+        # programs an SM (target_programs), but 8-warp programs of these walks (95-125
+        # registers) fit two an SM, so the grid ran in two waves of one dependent chain each;
+        # 4-warp ones fit four or five, one wave, more bytes in flight an SM.  Fwd+bwd,
+        # triton 3.6 / 3.9: InstanceNorm 4x64x256x256 bf16 NHWC 112.7 -> 88.6 / 116.3 -> 96.3
+        # us, BatchNorm 32x512x28x28 bf16 NHWC 95.9 -> 79.2 / 108.5 -> 85.4.  fp32 walks (and
+        # GroupNorm's, contiguous along j) lost by it.  ../shared/tools/sass_model.py.
+        warps = min(warps, 4)
     chunk = max(1, triton.cdiv(tiles, split))
     split = max(1, triton.cdiv(tiles, chunk))  # an empty row (an empty rank) walks no tile
     stages = _overrides.get("num_stages", tuned.get("num_stages", 3))
