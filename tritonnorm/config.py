@@ -293,6 +293,14 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # (112x112 in blocks of 1024: 266 -> 285).  ../shared/tools/sass_model.py.
         per_thread //= 2
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
+    if (pass_ == "fwd" and by_element and spec.center and tiles == 1 and blocks["g"] > 1
+            and not {"num_warps"} & (_overrides.keys() | tuned.keys())):
+        # A LayerNorm forward of short rows, several a tile, walked by persistent programs
+        # (four an SM, forward_programs): 4 warps.  8-warp programs took 80-87 registers,
+        # two an SM, so the grid ran in two waves (8192x768: bf16 17.8 -> 12.5 us, fp32
+        # 22.0 -> 14.2, triton 3.6; 3.9 alike).  RMSNorm (no mean, 62 registers: four 8-warp
+        # programs fit) and rows of a tile each lost by it.  ../shared/tools/sass_model.py.
+        warps = min(warps, 4)
     split = 1
     if whole_rows:
         split = 1   # a row's amax is taken in one program
