@@ -127,10 +127,14 @@ def _store_dz(DR_ptr, offs, mask, dz, ADD_Y: tl.constexpr):
 
 @triton.jit
 def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE: tl.constexpr,
-               ACC: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Row block rb (see row_block) and its saved mean and rstd, shaped for the tile."""
+               ACC: tl.constexpr, BLOCK_G: tl.constexpr, CENTER: tl.constexpr):
+    """Row block rb (see row_block) and its saved mean (0 without CENTER: RMSNorm's is not
+    read) and rstd, shaped for the tile."""
     n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
-    mean = per_row(tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC))
+    if CENTER:
+        mean = per_row(tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC))
+    else:
+        mean = per_row(tl.zeros([BLOCK_G], ACC))
     return n, g0, rmask, r, rs, mean, _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE, ACC)
 
 
@@ -259,7 +263,8 @@ def row_norm_bwd(
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
                 n, g0, rmask, r, rs, mean, rstd = _row_stats(
-                    Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
+                    Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G,
+                    CENTER)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(
                     X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN,
@@ -283,7 +288,8 @@ def row_norm_bwd(
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
             n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
-                                                         eps_hi, eps_lo, PHASE, ACC, BLOCK_G)
+                                                         eps_hi, eps_lo, PHASE, ACC, BLOCK_G,
+                                                         CENTER)
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(

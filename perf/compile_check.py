@@ -15,10 +15,13 @@ is at hand:
    triton, so PTX and cubin are produced without a driver), then read its
    registers, stack and shared memory with the cuobjdump triton ships, its shared-memory
    stores (STS, a static count of the SASS) and, from its TTGIR, the tile-sized layout
-   conversions whose source layout gives every thread the whole tile (REPL).
+   conversions whose source layout gives every thread the whole tile (REPL), and, from
+   its TTIR, the pointer arguments it was passed and never uses (UNUSED: the host pays
+   to pass each; tritonnorm passes None for those, plan.make_launch).
 
 Usage:  python perf/compile_check.py [--arch 90] [--jobs 2] [--quick] [--norm N ...]
-Exit status 0 when every specialisation compiles and none converts a replicated tile.
+Exit status 0 when every specialisation compiles, none converts a replicated tile and
+none is passed a pointer it does not use.
 """
 import argparse
 import json
@@ -257,6 +260,14 @@ def replicated_converts(ttgir: str) -> int:
     return n
 
 
+def unused_pointers(ttir: str, passed) -> list:
+    """The pointer parameters among ``passed`` (names of non-None pointer arguments) that
+    the kernel never reads or writes: in the TTIR a used one appears again after its
+    declaration in the signature.  Each costs the launch host time for nothing (issue 24);
+    plan.make_launch passes None for them."""
+    return [n for n in passed if len(re.findall(rf"%{n}\b", ttir)) < 2]
+
+
 def _shared_stores(cubin: bytes) -> int:
     """STS instructions in the kernel's SASS (a static count)."""
     return len(re.findall(r"\bSTS(?:\.\w+)*\s", _cuobjdump(cubin, "-sass")))
@@ -293,6 +304,8 @@ def _compile_one(item, arch: int):
     res["SHARED"] = max(res.get("SHARED", 0), k.metadata.shared)
     res["STS"] = _shared_stores(k.asm["cubin"])
     res["REPL"] = replicated_converts(k.asm["ttgir"])
+    passed = [a for a in fn.arg_names if a.endswith("_ptr") and signature[a] != "constexpr"]
+    res["UNUSED"] = unused_pointers(k.asm["ttir"], passed)
     if res["SHARED"] > MAX_SHARED.get(arch, 1 << 30):
         return name, f"needs {res['SHARED']} B of shared memory, sm_{arch} has {MAX_SHARED[arch]}", secs, res
     return name, None, secs, res
@@ -301,7 +314,7 @@ def _compile_one(item, arch: int):
 def compile_all(path: str, arch: int, jobs: int) -> int:
     with open(path) as f:
         items = [tuple(i) for i in json.load(f)]
-    failures, spills, regs, replicated = 0, 0, 0, 0
+    failures, spills, regs, replicated, unused = 0, 0, 0, 0, 0
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs) as pool:
         for i, ((name, err, secs, res), (_, desc)) in enumerate(zip(
@@ -310,7 +323,9 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
             spilled = res.get("LOCAL", 0) > 0 or res.get("STACK", 0) > 0
             progress = f"{i}/{len(items)} {time.perf_counter() - start:4.0f}s"
             repl = res.get("REPL", 0) > 0
-            state = "FAIL" if err else "REPL" if repl else "STACK" if spilled else "ok"
+            idle = bool(res.get("UNUSED"))
+            state = ("FAIL" if err else "REPL" if repl else "UNUSED" if idle
+                     else "STACK" if spilled else "ok")
             print(f"{progress:>14} {state:<6}{name:<14}{secs:6.1f}s  "
                   f"{' '.join(f'{k}:{v}' for k, v in res.items()):<50}{flags}")
             if err:
@@ -318,12 +333,14 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
                 print(err)
             spills += spilled
             replicated += repl
+            unused += idle
             regs = max(regs, res.get("REG", 0))
     print(f"{len(items) - failures}/{len(items)} specialisations compile for sm_{arch}; "
           f"{spills} use a stack frame (register spills or local arrays); "
           f"{replicated} convert a replicated tile through shared memory; "
+          f"{unused} are passed a pointer they never use; "
           f"at most {regs} registers a thread")
-    return 1 if failures or replicated else 0
+    return 1 if failures or replicated or unused else 0
 
 
 def main(argv=None) -> int:

@@ -21,8 +21,8 @@ from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
-from .plan import (Launch, acc_dtype, blocks, cdiv, dwb_slots, geometry, make_launch,
-                   param_count, split_float, tl_acc, w_mode)
+from .plan import (Launch, acc_dtype, blocks, bwd_pointers, cdiv, dwb_slots, fwd_pointers,
+                   geometry, kept, make_launch, param_count, split_float, tl_acc, w_mode)
 from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, out_like, rows_strided
 
 
@@ -60,7 +60,8 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   ACC=tl_acc(acc_dtype(x)),
                   **blocks(view, cfg, n_part, x.element_size(), False, epi[1] and phase == 2))
     ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
-    return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg))
+    return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg,
+                                                  fwd_pointers))
 
 
 def _epi(act, post, mask) -> tuple:
@@ -70,18 +71,15 @@ def _epi(act, post, mask) -> tuple:
 
 def _fwd(L: Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
          h=None, scale=None, act=None, mask=None):
-    if running is None:   # unused pointers: any tensor
-        rm = rv = rm_out = rv_out = nbt = mean
+    if running is None:   # pointers the launch does not use go as None (plan.kept)
+        rm = rv = rm_out = rv_out = nbt = None
         mom_hi = mom_lo = 0.0
     else:
         rm, rv, momentum, nbt = running[:4]
         rm_out, rv_out = running[4:] if len(running) > 4 else (rm, rv)
-        nbt = mean if nbt is None else nbt
         mom_hi, mom_lo = split_float(momentum)
-    _run_fwd(L.compiled, (x, y, x if weight is None else weight, x if bias is None else bias,
-                          mean, rstd, part, rm, rv, rm_out, rv_out, nbt,
-                          x if residual is None else residual, x if h is None else h,
-                          x if scale is None else scale, x if mask is None else mask),
+    _run_fwd(L.compiled, kept(L, (x, y, weight, bias, mean, rstd, part, rm, rv, rm_out, rv_out,
+                                  nbt, residual, h, scale, mask)),
              (*L.ints, *split_float(eps), mom_hi, mom_lo, *split_float(act and act.slope), *L.consts),
              L.grid, L.opts)
 
@@ -182,14 +180,15 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                   DWB_FINAL=final and need_dwb and phase != 1)
     ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
                                                  param_count(view, spec))
-    return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg)
+    return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
+                       bwd_pointers)
 
 
 def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has_b=False,
               epi=(0, False, False)) -> _Backward:
     """``n_part``: partials given from outside (SyncBatchNorm), or None; ``epi`` as
     _fwd_launch's (has_b matters only with an activation, which recomputes z)."""
-    has_b = has_b and epi[0] != 0
+    has_b = has_b and epi[0] != 0 and not epi[2]   # a sign mask stands in for z
     key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part, has_dres, has_b,
            epi)
     hit = _BWD.get(key)
@@ -249,11 +248,8 @@ def sign_mask(x: torch.Tensor, post, act) -> Optional[torch.Tensor]:
 def _bwd(L: Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=None,
          epi: Optional[Epilogue] = None, db=None):
     """``dwb``: the dw/db scratch, or dw itself with ``db`` (a plan with one slot)."""
-    extra = (x, x, x, x) if epi is None else tuple(
-        x if t is None else t for t in (epi.bias, epi.post, epi.mask, epi.dr))
-    _run_bwd(L.compiled, (x, dy, dx, weight if weight is not None else x, mean, rstd, part,
-                          dwb if dwb is not None else rstd, db if db is not None else rstd,
-                          x if dres is None else dres) + extra,
+    extra = (None, None, None, None) if epi is None else (epi.bias, epi.post, epi.mask, epi.dr)
+    _run_bwd(L.compiled, kept(L, (x, dy, dx, weight, mean, rstd, part, dwb, db, dres) + extra),
              (*L.ints, count, *split_float(eps), *split_float(epi and epi.act.slope), *L.consts),
              L.grid, L.opts)
 

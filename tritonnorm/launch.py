@@ -26,7 +26,7 @@ _INTERPRETER_LOCK = threading.Lock()
 
 def _tensor_key(tensors) -> tuple:
     """What triton specialises on, per tensor argument."""
-    return tuple([(t.dtype, not t.data_ptr() & 15) for t in tensors])
+    return tuple([None if t is None else (t.dtype, not t.data_ptr() & 15) for t in tensors])
 
 
 def launcher(kernel):
