@@ -138,7 +138,7 @@ def test_kernels_walk_a_channels_last_channel_as_one_strided_axis(shape, fmt, me
     _, view = batch_layout(x)
     kv = kernel_view(view, BATCH)
     assert kv.rows == view.rows and kv.Cg * kv.S == view.Cg * view.S
-    n, c = shape[0], shape[1]
+    c = shape[1]
     if merged:
         assert (kv.Cg, kv.S, kv.sS, kv.sG) == (1, x.numel() // c, c, 1)
     else:
