@@ -203,6 +203,25 @@ def _low_waste(n: int, cap: int, floor: int, depth: int = 8) -> int:
     return best
 
 
+def _four_an_sm(view: RowView, x: torch.Tensor, layer: bool, pass_: str, tiles: int,
+                block_g: int, split: int) -> bool:
+    """Launches held to 4 warps a program.  Their grids aim at four programs an SM
+    (target_programs, forward_programs), but their 8-warp programs (80-125 registers) fit
+    two an SM, so the grid ran in two waves of one dependent chain each; 4-warp programs fit
+    four or five, one wave.  ../shared/tools/sass_model.py, triton 3.6 (3.9 alike):
+
+    * rows that are the contiguous axis (channels_last InstanceNorm and BatchNorm), split
+      over many programs, in half precision: fwd+bwd InstanceNorm 4x64x256x256 bf16 NHWC
+      112.7 -> 88.6 us, BatchNorm 32x512x28x28 bf16 NHWC 95.9 -> 79.2.  fp32 walks, and
+      GroupNorm's (contiguous along j), lost by it;
+    * a LayerNorm (``layer``: weights by element, centred) forward of short rows, several a
+      tile: 8192x768 bf16 17.8 -> 12.5 us, fp32 22.0 -> 14.2.  RMSNorm (no mean, 62
+      registers: four 8-warp programs fit) and rows of a tile each lost by it."""
+    if split > 1 and view.sG == 1 and view.G > 1 and x.element_size() <= 2:
+        return True
+    return pass_ == "fwd" and layer and tiles == 1 and block_g > 1
+
+
 def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     # "quant": the forward with quantized output, whose row amax must be whole in one
     # program -- the forward's config, never split.
@@ -293,14 +312,6 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # (112x112 in blocks of 1024: 266 -> 285).  ../shared/tools/sass_model.py.
         per_thread //= 2
     warps = _overrides.get("num_warps", tuned.get("num_warps", max(1, min(16, tile // per_thread))))
-    if (pass_ == "fwd" and by_element and spec.center and tiles == 1 and blocks["g"] > 1
-            and not {"num_warps"} & (_overrides.keys() | tuned.keys())):
-        # A LayerNorm forward of short rows, several a tile, walked by persistent programs
-        # (four an SM, forward_programs): 4 warps.  8-warp programs took 80-87 registers,
-        # two an SM, so the grid ran in two waves (8192x768: bf16 17.8 -> 12.5 us, fp32
-        # 22.0 -> 14.2, triton 3.6; 3.9 alike).  RMSNorm (no mean, 62 registers: four 8-warp
-        # programs fit) and rows of a tile each lost by it.  ../shared/tools/sass_model.py.
-        warps = min(warps, 4)
     split = 1
     if whole_rows:
         split = 1   # a row's amax is taken in one program
@@ -314,16 +325,8 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # perf/compile_check.py at 32 rows x 128 partials on one warp).
         split = min(split, max(1, MERGE_PER_THREAD * 32 * warps // blocks["g"]))
     split = max(1, min(split, tiles))
-    if (split > 1 and view.sG == 1 and view.G > 1 and x.element_size() <= 2
-            and not {"num_warps"} & (_overrides.keys() | tuned.keys())):
-        # Rows that are the contiguous axis (channels_last InstanceNorm and BatchNorm), split
-        # over many programs, in half precision: 4 warps a program.  The split aims at four
-        # programs an SM (target_programs), but 8-warp programs of these walks (95-125
-        # registers) fit two an SM, so the grid ran in two waves of one dependent chain each;
-        # 4-warp ones fit four or five, one wave, more bytes in flight an SM.  Fwd+bwd,
-        # triton 3.6 / 3.9: InstanceNorm 4x64x256x256 bf16 NHWC 112.7 -> 88.6 / 116.3 -> 96.3
-        # us, BatchNorm 32x512x28x28 bf16 NHWC 95.9 -> 79.2 / 108.5 -> 85.4.  fp32 walks (and
-        # GroupNorm's, contiguous along j) lost by it.  ../shared/tools/sass_model.py.
+    if (not {"num_warps"} & (_overrides.keys() | tuned.keys())
+            and _four_an_sm(view, x, by_element and spec.center, pass_, tiles, blocks["g"], split)):
         warps = min(warps, 4)
     chunk = max(1, triton.cdiv(tiles, split))
     split = max(1, triton.cdiv(tiles, chunk))  # an empty row (an empty rank) walks no tile
