@@ -44,8 +44,8 @@ import triton.language as tl
 
 from .activation import act
 from .quant import quantize, row_scale, tile_amax
-from .tiles import (add_shifted, by_row, div, out_offsets, part_index, per_row, sum_parts, row_block, rsqrt, shifted_moments,
-                    tile_moments, tiles_count, tile_offsets, wide)
+from .tiles import (add_shifted, by_row, div, out_offsets, part_index, per_row, row_block, rsqrt,
+                    shifted_moments, sum_parts, tile_moments, tiles_count, tile_offsets, wide)
 
 
 @triton.jit
