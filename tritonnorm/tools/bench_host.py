@@ -44,25 +44,34 @@ _LAUNCHERS = ("_run_fwd", "_run_bwd", "_run_column_sum")
 
 
 @contextlib.contextmanager
+def _launchers(wrap):
+    """tritonnorm's three launchers (dispatch) replaced by ``wrap(launcher)`` inside the
+    block, restored after it."""
+    from .. import dispatch
+    old = [getattr(dispatch, n) for n in _LAUNCHERS]
+    for n, run in zip(_LAUNCHERS, old):
+        setattr(dispatch, n, wrap(run))
+    try:
+        yield
+    finally:
+        for n, run in zip(_LAUNCHERS, old):
+            setattr(dispatch, n, run)
+
+
+@contextlib.contextmanager
 def _no_launches():
     """Under the interpreter: every Triton launch returns at once, running nothing.
     The launchers dispatch calls (on a GPU, ``kernel.run`` itself; here also the
     interpreter's lock) become no-ops, so what remains is what a GPU call pays
     before Triton's own launcher."""
     from triton.runtime import interpreter
-
-    from .. import dispatch
-    names = _LAUNCHERS
-    old = interpreter.InterpretedFunction.run, [getattr(dispatch, n) for n in names]
+    old = interpreter.InterpretedFunction.run
     interpreter.InterpretedFunction.run = lambda self, *args, **kwargs: None
-    for n in names:
-        setattr(dispatch, n, lambda *args, **kwargs: None)
     try:
-        yield
+        with _launchers(lambda run: lambda *args, **kwargs: None):
+            yield
     finally:
-        interpreter.InterpretedFunction.run = old[0]
-        for n, f in zip(names, old[1]):
-            setattr(dispatch, n, f)
+        interpreter.InterpretedFunction.run = old
 
 
 def tensor_args(fn) -> str:
@@ -70,21 +79,15 @@ def tensor_args(fn) -> str:
     launch order (e.g. "7+3": a backward and its column sum).  Triton's launcher reads the
     address of each (about 0.3 us apiece on an H200 host); pointers a specialisation does
     not use go as None and are not counted (plan.make_launch)."""
-    from .. import dispatch
-    counts, old = [], [getattr(dispatch, n) for n in _LAUNCHERS]
+    counts = []
 
     def counting(run):
         def launch(compiled, tensors, *rest):
             counts.append(sum(t is not None for t in tensors))
             return run(compiled, tensors, *rest)
         return launch
-    for n, run in zip(_LAUNCHERS, old):
-        setattr(dispatch, n, counting(run))
-    try:
+    with _launchers(counting):
         fn()
-    finally:
-        for n, run in zip(_LAUNCHERS, old):
-            setattr(dispatch, n, run)
     return "+".join(map(str, counts)) or "0"
 
 
