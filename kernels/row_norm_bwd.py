@@ -18,7 +18,8 @@ import triton.language as tl
 
 from .activation import act_grad, mask_grad
 from .row_norm import _chunk, _load, _load_params, _tile_j
-from .tiles import div, out_offsets, per_row, row_block, rsqrt, sum_js, sum_tile, tile_offsets, wide
+from .tiles import (div, out_offsets, per_row, row_block, rsqrt, rstd_index, sum_js, sum_tile,
+                    tile_offsets, wide)
 
 
 @triton.jit
@@ -126,8 +127,9 @@ def _store_dz(DR_ptr, offs, mask, dz, ADD_Y: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE: tl.constexpr,
-               ACC: tl.constexpr, BLOCK_G: tl.constexpr, CENTER: tl.constexpr):
+def _row_stats(Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G, stat_sN, eps_hi, eps_lo,
+               PHASE: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
+               CENTER: tl.constexpr):
     """Row block rb (see row_block) and its saved mean (0 without CENTER: RMSNorm's is not
     read) and rstd, shaped for the tile."""
     n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
@@ -135,7 +137,13 @@ def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE: t
         mean = per_row(tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC))
     else:
         mean = per_row(tl.zeros([BLOCK_G], ACC))
-    return n, g0, rmask, r, rs, mean, _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE, ACC)
+    if PHASE == 3:   # the given variance
+        v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
+        v = rsqrt(v + wide(v, eps_hi, eps_lo))
+    else:            # the saved rstd, beside the mean (tiles.rstd_index)
+        v = tl.load(Mean_ptr + rstd_index(rs, n_rb, nGB, stat_sN), mask=rmask,
+                    other=0.0).to(ACC)
+    return n, g0, rmask, r, rs, mean, per_row(v)
 
 
 @triton.jit
@@ -153,16 +161,6 @@ def _given_sums(Part_ptr, r, rmask, n_part, PHASE: tl.constexpr, ACC: tl.constex
         a1 = tl.zeros([BLOCK_G], ACC)
         a2 = tl.zeros([BLOCK_G], ACC)
     return a1, a2
-
-
-@triton.jit
-def _rstd(Rstd_ptr, rs, rmask, eps_hi, eps_lo, PHASE: tl.constexpr, ACC: tl.constexpr):
-    """rstd of the rows, shaped for the tile (tiles.per_row): saved, or from the given
-    variance (PHASE 3)."""
-    v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
-    if PHASE == 3:
-        v = rsqrt(v + wide(v, eps_hi, eps_lo))
-    return per_row(v)
 
 
 @triton.jit
@@ -205,8 +203,9 @@ def row_norm_bwd(
     DY_ptr,    # shape (N, G, Cg, S), same strides as X; rows at (ysN, ysG) if Y_STRIDED
     DX_ptr,    # shape (N, G, Cg, S), laid out like DY
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
-    Mean_ptr,  # shape (N * G,) saved by the forward; (G,) if stat_sN == 0
-    Rstd_ptr,  # shape (N * G,); in PHASE 3 the given variance
+    Mean_ptr,  # shape (2, N * G): the mean and rstd the forward saved; in PHASE 3 shape (G,)
+               # the given mean (stat_sN == 0) or (N * G,)
+    Rstd_ptr,  # shape like Mean_ptr's in PHASE 3: the given variance; unused otherwise
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
     DWB_ptr,   # shape (slots, 2, Cw) per-program (dw, db) sums, every element written once;
                # with DWB_FINAL, shape (Cw,): dw itself
@@ -263,8 +262,8 @@ def row_norm_bwd(
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
                 n, g0, rmask, r, rs, mean, rstd = _row_stats(
-                    Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC, BLOCK_G,
-                    CENTER)
+                    Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC,
+                    BLOCK_G, CENTER)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(
                     X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN,
@@ -287,9 +286,9 @@ def row_norm_bwd(
             rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
-            n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
-                                                         eps_hi, eps_lo, PHASE, ACC, BLOCK_G,
-                                                         CENTER)
+            n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G,
+                                                         stat_sN, eps_hi, eps_lo, PHASE, ACC,
+                                                         BLOCK_G, CENTER)
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(

@@ -22,8 +22,8 @@ from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
 from .plan import (Launch, acc_dtype, blocks, bwd_pointers, cdiv, dwb_slots, fwd_pointers,
-                   geometry, kept, make_launch, param_count, split_float, tl_acc, w_mode)
-from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, out_like, rows_strided
+                   geometry, kept, make_launch, param_count, scalars, tl_acc, w_mode)
+from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, rows_strided
 
 
 # Module globals, so the CPU host bench can stub them (bench_host).
@@ -41,7 +41,8 @@ QUANT_KIND = {torch.int8: 1, torch.float8_e4m3fn: 2}
 
 def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=False,
                 quant=0, dynamic=False, epi=(0, False, False)) -> Launch:
-    """``epi`` = (ACT, ADD_Y, MASK): the activation and residual epilogue."""
+    """``epi`` = (ACT, ADD_Y, MASK): the activation and residual epilogue.  Keyed on the
+    caller's view; the kernels walk its kernel_view."""
     # get_device(): an int, cheaper than x.device (the dtype and view tell CPU from GPU apart
     # only together with it: -1 is the CPU under the interpreter).
     key = (phase, view, x.dtype, x.get_device(), spec, has_w, has_b, running, n_part, has_res,
@@ -49,6 +50,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
     hit = _FWD.get(key)
     if hit is not None:
         return hit
+    view = kernel_view(view, spec)
     cfg = config.row_config(view, x, spec, "quant" if quant else "fwd")
     grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b,
@@ -61,7 +63,10 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   **blocks(view, cfg, n_part, x.element_size(), False, epi[1] and phase == 2))
     ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
     return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg,
-                                                  fwd_pointers))
+                                                  fwd_pointers, view, spec))
+
+
+_NO_EPI = (0, False, False)
 
 
 def _epi(act, post, mask) -> tuple:
@@ -72,16 +77,13 @@ def _epi(act, post, mask) -> tuple:
 def _fwd(L: Launch, x, y, weight, bias, mean, rstd, part, eps, running=None, residual=None,
          h=None, scale=None, act=None, mask=None):
     if running is None:   # pointers the launch does not use go as None (plan.kept)
-        rm = rv = rm_out = rv_out = nbt = None
-        mom_hi = mom_lo = 0.0
+        rm = rv = rm_out = rv_out = nbt = momentum = None
     else:
         rm, rv, momentum, nbt = running[:4]
         rm_out, rv_out = running[4:] if len(running) > 4 else (rm, rv)
-        mom_hi, mom_lo = split_float(momentum)
     _run_fwd(L.compiled, kept(L, (x, y, weight, bias, mean, rstd, part, rm, rv, rm_out, rv_out,
                                   nbt, residual, h, scale, mask)),
-             (*L.ints, *split_float(eps), mom_hi, mom_lo, *split_float(act and act.slope), *L.consts),
-             L.grid, L.opts)
+             scalars(L, (eps, momentum, None if act is None else act.slope)), L.grid, L.opts)
 
 
 def _running_kind(running) -> int:
@@ -93,22 +95,68 @@ def _running_kind(running) -> int:
 def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=None) -> torch.Tensor:
     """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3).  With a
     ``residual``, of the rows of h = x + residual, which are written to ``h``."""
-    view = kernel_view(view, spec)
-    cfg = config.row_config(view, x, spec, "fwd")
-    L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, cfg.SPLIT, residual is not None)
-    part = torch.empty(view.rows, cfg.SPLIT, 3, dtype=acc_dtype(x), device=x.device)
+    split = config.row_config(kernel_view(view, spec), x, spec, "fwd").SPLIT
+    L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, split, residual is not None)
+    part = torch.empty(L.rows, split, 3, dtype=acc_dtype(x), device=x.device)
     _fwd(L, x, x, None, None, part, part, part, 0.0, None, residual, h)
     return part
+
+
+def _out(L: Launch, x, dtype=None):
+    """y (or dx) for x: x's dense layout, or row-major for strided rows (spec.out_like)."""
+    if L.dense_out:
+        return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
+    return torch.empty_like(x) if dtype is None else torch.empty_like(x, dtype=dtype)
+
+
+class Plain(NamedTuple):
+    """A forward that is one launch and nothing else (plain_launch): its plan and every
+    scalar argument of the launch."""
+    L: Launch
+    scalars: tuple
+
+
+def plain_launch(x, view: RowView, spec: ReductionSpec, has_w: bool, has_b: bool, eps,
+                 act=None) -> Optional[Plain]:
+    """The launch of a forward that is one launch and nothing else -- its statistics
+    computed, no running statistics, residual or quantized output, rows not split -- for a
+    caller to memoise with its own checks (front.norm_rows) and run with run_plain; None
+    where the forward is more than that."""
+    L = _fwd_launch(0, x, view, spec, has_w, has_b, NO_RUNNING, 1,
+                    epi=_NO_EPI if act is None else _epi(act, None, None))
+    if L.cfg.SPLIT != 1:
+        return None
+    return Plain(L, scalars(L, (eps, None, None if act is None else act.slope)))
+
+
+def run_plain(plan: Plain, x, weight, bias):
+    """row_forward(x, ..., weight, bias, eps, act=act) of a plain_launch ``plan``: (y, stats).
+    Its pointers are x, y, weight and bias where given (HAS_W, HAS_B), the statistics and
+    nothing else (plan.fwd_pointers): no plan.kept to pass through."""
+    L = plan.L
+    y = torch.empty_like(x) if not L.dense_out else _out(L, x)
+    stats = x.new_empty(2 * L.rows,
+                        dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    _run_fwd(L.compiled, (x, y, weight, bias, stats, None, None, None, None, None, None, None,
+                          None, None, None, None), plan.scalars, L.grid, L.opts)
+    return y, stats
+
+
+def mean_rstd(stats):
+    """(mean, rstd), each of rows, of row_forward's ``stats``: views."""
+    return stats.view(2, -1).unbind(0)
 
 
 def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
                 mean=None, var=None, running=None, partials=None, residual=None, h=None,
                 quant=None, act=None, post=None, mask=None):
-    """Normalise ``x``.  Returns (y, mean, rstd) with statistics per row.
+    """Normalise ``x``.  Returns (y, stats): ``stats`` the statistics of every row, one
+    tensor of 2 * rows -- the means, then the rstds (1 / sqrt(var + eps)) -- in fp32 (fp64
+    for fp64 x): one allocation a call (kernels/tiles.py, rstd_index; mean_rstd splits it).
 
     * ``mean``/``var`` given (shape (G,), e.g. running statistics): applied as
-      constants, eps and the rsqrt in the kernel, no statistics pass; the
-      returned "rstd" is then ``var`` itself, as row_backward(fixed=True) takes it.
+      constants, eps and the rsqrt in the kernel, no statistics pass; ``stats`` is then
+      (mean, var) itself, as row_backward(fixed=True) takes it.
     * ``partials`` given (shape (rows, P, 3)): the statistics are their merge.
     * ``running`` = (running_mean, running_var, momentum, num_batches_tracked
       [, new_running_mean, new_running_var]) folds the batch statistics into the
@@ -121,34 +169,34 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
     * ``act`` (activation.Act), ``post`` (a residual, x's dtype and strides) and ``mask``
       (bool, x's strides; relu / leaky_relu): y = act(norm(x) + post), and z > 0 into
       ``mask`` for the backward."""
-    view = kernel_view(view, spec)
     has_w, has_b = weight is not None, bias is not None
-    epi = _epi(act, post, mask)
+    epi = _NO_EPI if act is None and post is None else _epi(act, post, mask)
     qdtype, scale, dynamic = quant if quant is not None else (None, None, False)
-    # x's dense layout (row-major or channels_last), or row-major for strided rows
-    y = out_like(x, view, spec, qdtype)
     if mean is not None:
         L = _fwd_launch(3, x, view, spec, has_w, has_b, NO_RUNNING, 1, epi=epi)
-        _fwd(L, x, y, weight, bias, mean, var, mean, eps, None, post, act=act, mask=mask)
-        return y, mean, var
+        y = _out(L, x)
+        _fwd(L, x, y, weight, bias, mean, var, None, eps, None, post, act=act, mask=mask)
+        return y, (mean, var)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32   # acc_dtype(x)
     kind = NO_RUNNING if running is None else _running_kind(running)
-    mean = x.new_empty(view.rows, dtype=acc)
-    rstd = x.new_empty(view.rows, dtype=acc)
     if partials is None:
         # A quantized output's config never splits a row (its amax is taken in one program).
         L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1, residual is not None,
                         QUANT_KIND.get(qdtype, 0), dynamic, epi)
         if L.cfg.SPLIT == 1:
-            _fwd(L, x, y, weight, bias, mean, rstd, mean, eps, running,
+            y = _out(L, x, qdtype)
+            stats = x.new_empty(2 * L.rows, dtype=acc)
+            _fwd(L, x, y, weight, bias, stats, None, None, eps, running,
                  post if residual is None else residual, h, scale, act, mask)
-            return y, mean, rstd
+            return y, stats
         partials = forward_partials(x, view, spec, residual, h)
         if residual is not None:   # the partials pass wrote h: the merge pass reads it
             x = h
     L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1], epi=epi)
-    _fwd(L, x, y, weight, bias, mean, rstd, partials, eps, running, post, act=act, mask=mask)
-    return y, mean, rstd
+    y = _out(L, x, qdtype)
+    stats = x.new_empty(2 * L.rows, dtype=acc)
+    _fwd(L, x, y, weight, bias, stats, None, partials, eps, running, post, act=act, mask=mask)
+    return y, stats
 
 
 def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
@@ -181,19 +229,21 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
     ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
                                                  param_count(view, spec))
     return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
-                       bwd_pointers)
+                       bwd_pointers, view, spec)
 
 
 def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has_b=False,
               epi=(0, False, False)) -> _Backward:
     """``n_part``: partials given from outside (SyncBatchNorm), or None; ``epi`` as
-    _fwd_launch's (has_b matters only with an activation, which recomputes z)."""
+    _fwd_launch's (has_b matters only with an activation, which recomputes z).  Keyed on
+    the caller's view; the kernels walk its kernel_view."""
     has_b = has_b and epi[0] != 0 and not epi[2]   # a sign mask stands in for z
     key = (view, x.dtype, x.get_device(), spec, has_w, need_dwb, fixed, n_part, has_dres, has_b,
            epi)
     hit = _BWD.get(key)
     if hit is not None:
         return hit
+    view = kernel_view(view, spec)
     cfg = config.row_config(view, x, spec, "bwd")
     cw = param_count(view, spec)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
@@ -250,8 +300,7 @@ def _bwd(L: Launch, x, dy, dx, weight, mean, rstd, part, dwb, count, eps, dres=N
     """``dwb``: the dw/db scratch, or dw itself with ``db`` (a plan with one slot)."""
     extra = (None, None, None, None) if epi is None else (epi.bias, epi.post, epi.mask, epi.dr)
     _run_bwd(L.compiled, kept(L, (x, dy, dx, weight, mean, rstd, part, dwb, db, dres) + extra),
-             (*L.ints, count, *split_float(eps), *split_float(epi and epi.act.slope), *L.consts),
-             L.grid, L.opts)
+             scalars(L, (eps, None if epi is None else epi.act.slope), (float(count),)), L.grid, L.opts)
 
 
 def _plan(x, view, spec, weight, need_dwb, fixed, n_part, has_dres, epi) -> _Backward:
@@ -261,35 +310,35 @@ def _plan(x, view, spec, weight, need_dwb, fixed, n_part, has_dres, epi) -> _Bac
                      epi.bias is not None, epi.flags)
 
 
-def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
+def backward_partials(x, dy, view: RowView, spec: ReductionSpec, weight, stats,
                       epi: Optional[Epilogue] = None):
     """Per-program (sum w*dz*xhat, sum w*dz) of every row: shape (rows, SPLIT, 2); with a
-    residual epilogue, dz itself goes to ``epi.dr`` (row_backward's merge pass reads it)."""
-    view = kernel_view(view, spec)
-    plan = _plan(x, view, spec, weight, False, False, 0, False, epi)
-    L = plan.partials
-    part = torch.empty(view.rows, L.cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
-    _bwd(L, x, dy, x, weight, mean, rstd, part, None, 1.0, 0.0, epi=epi)
+    residual epilogue, dz itself goes to ``epi.dr`` (row_backward's merge pass reads it).
+    ``stats``: the forward's (row_forward)."""
+    L = _plan(x, view, spec, weight, False, False, 0, False, epi).partials
+    part = torch.empty(L.rows, L.cfg.SPLIT, 2, dtype=acc_dtype(x), device=x.device)
+    _bwd(L, x, dy, x, weight, stats, None, part, None, 1.0, 0.0, epi=epi)
     return part
 
 
-def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
+def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, stats,
                  need_dw: bool, need_db: bool, fixed: bool = False, partials=None,
                  count: float = None, eps: float = 0.0, dres=None,
                  epi: Optional[Epilogue] = None):
     """Gradients (dx, dw, db) of row_forward; dw/db are None unless asked for.
 
-    ``fixed`` marks statistics that are constants (running statistics): then
-    ``rstd`` holds the variance, and dx = w * dy * rsqrt(var + eps).  ``partials``
-    (rows, P, 2) replaces the local row sums, which are then divided by ``count``
-    (default: the row length).  ``dres`` (x's strides) is added to dx: the gradient
-    of h for a fused residual add, whose forward saved h as ``x``.  ``epi``: the forward
-    had an activation (and residual) epilogue (Epilogue; its ``dr`` is filled)."""
-    view = kernel_view(view, spec)
+    ``stats``: row_forward's, the means and rstds.  ``fixed`` marks statistics
+    that are constants (running statistics): then ``stats`` is (mean, var), and
+    dx = w * dy * rsqrt(var + eps).  ``partials`` (rows, P, 2) replaces the local row
+    sums, which are then divided by ``count`` (default: the row length).  ``dres`` (x's
+    strides) is added to dx: the gradient of h for a fused residual add, whose forward
+    saved h as ``x``.  ``epi``: the forward had an activation (and residual) epilogue
+    (Epilogue; its ``dr`` is filled)."""
     need_dwb = need_dw or need_db
     plan = _plan(x, view, spec, weight, need_dwb, fixed,
                  None if partials is None else partials.shape[1], dres is not None, epi)
-    dx = out_like(x, view, spec)
+    mean, var = stats if fixed else (stats, None)
+    dx = _out(plan.main, x)
     # Every element of the dw/db scratch is written exactly once by the kernel: no zero fill.
     # With one slot (one program sums each parameter) the kernel writes dw and db directly.
     out_dtype = weight.dtype if weight is not None else x.dtype
@@ -301,18 +350,19 @@ def row_backward(x, dy, view: RowView, spec: ReductionSpec, weight, mean, rstd,
         dwb = torch.empty(plan.slots * 2 * plan.cw, dtype=acc_dtype(x), device=x.device)
     count = plan.count if count is None else count
     if fixed:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, eps, dres, epi, db)
+        _bwd(plan.main, x, dy, dx, weight, mean, var, None, dwb, count, eps, dres, epi, db)
     elif plan.partials is None:
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, rstd, dwb, count, 0.0, dres, epi, db)
+        _bwd(plan.main, x, dy, dx, weight, mean, None, None, dwb, count, 0.0, dres, epi, db)
     else:
         if partials is None:
-            partials = torch.empty(view.rows, plan.partials.cfg.SPLIT, 2, dtype=acc_dtype(x),
-                                   device=x.device)
-            _bwd(plan.partials, x, dy, x, weight, mean, rstd, partials, None, 1.0, 0.0, epi=epi)
+            partials = torch.empty(plan.main.rows, plan.partials.cfg.SPLIT, 2,
+                                   dtype=acc_dtype(x), device=x.device)
+            _bwd(plan.partials, x, dy, x, weight, mean, None, partials, None, 1.0, 0.0,
+                 epi=epi)
         if epi is not None and epi.dr is not None:
             # The partials pass (here, or backward_partials' for SyncBatchNorm) wrote dz.
             dy, epi = epi.dr, None
-        _bwd(plan.main, x, dy, dx, weight, mean, rstd, partials, dwb, count, 0.0, dres, epi,
+        _bwd(plan.main, x, dy, dx, weight, mean, None, partials, dwb, count, 0.0, dres, epi,
              db)
     if dwb is None:
         return dx, None, None

@@ -9,7 +9,7 @@ differentiate, the launch alone, no node.  Gradients of gradients
 import torch
 
 from . import composite
-from .dispatch import Epilogue, row_backward, row_forward, sign_mask
+from .dispatch import Epilogue, mean_rstd, row_backward, row_forward, run_plain, sign_mask
 from .spec import RowView, match_layout
 
 
@@ -17,36 +17,47 @@ class EagerNorm(torch.autograd.Function):
     """A row norm's autograd node: the same launcher as the custom ops
     (dispatch.row_forward / row_backward), without their dispatch cost, and with the
     running statistics updated in place by the kernel -- no copy.  ``call`` = (view,
-    spec, eps, stats, running, with_stats, act) travels as one argument, and the
-    statistics are outputs only when asked for: autograd's apply pays per argument and
-    per output."""
+    spec, eps, stats, running, with_stats, act, plan) (see run) travels as one argument,
+    and the statistics are outputs only when asked for: autograd's apply pays per argument
+    and per output."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, post, call):
-        view, spec, eps, stats, running, with_stats, act = call
-        mean, var = stats if stats is not None else (None, None)
-        mask = sign_mask(x, post, act)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
-                                    act=act, post=post, mask=mask)
+        view, spec, eps, stats, running, with_stats, act, plan = call
+        mask = None
+        if plan is not None:
+            y, saved = run_plain(plan, x, weight, bias)
+        else:
+            mean, var = stats if stats is not None else (None, None)
+            mask = None if post is None else sign_mask(x, post, act)
+            y, saved = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
+                                   act=act, post=post, mask=mask)
         # With an activation the backward recomputes z: from the bias and the residual, or
-        # the residual's part from the sign mask (relu, leaky_relu).
-        ctx.save_for_backward(x, weight, bias if act else None,
-                              post if act and mask is None else None)
+        # the residual's part from the sign mask (relu, leaky_relu).  Without one, x and
+        # the weight alone (each tensor saved costs host time).
+        if act is None:
+            ctx.save_for_backward(x, weight)
+        else:
+            ctx.save_for_backward(x, weight, bias, post if mask is None else None)
         # The statistics (and the mask) are this call's own tensors, which nobody else can
         # modify: no version check needed, so they ride on ctx.
-        ctx.state = (call, mean, rstd, bias, mask, post is not None)   # bias: its shape, dtype
+        ctx.state = (call, saved, bias, mask, post is not None)   # bias: its shape, dtype
         if not with_stats:
             return y
+        # One statistics output (mean_rstd splits it outside): a view as an output costs
+        # autograd's engine more than the split does.
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(mean, rstd)
-        return y, mean, rstd
+        ctx.mark_non_differentiable(saved)
+        return y, saved
 
     @staticmethod
     def backward(ctx, dy, *_):
         if dy is None:  # y took no part in the loss
             return None, None, None, None, None
-        x, weight, _, post = ctx.saved_tensors
-        call, mean, rstd, bias, mask, has_post = ctx.state
+        saved = ctx.saved_tensors
+        x, weight = saved[:2]
+        post = saved[3] if len(saved) > 2 else None
+        call, saved, bias, mask, has_post = ctx.state
         view, spec, eps, stats = call[:4]
         act = call[6]
         need = ctx.needs_input_grad
@@ -61,7 +72,7 @@ class EagerNorm(torch.autograd.Function):
         need_db = bias is not None and need[2]
         dy = match_layout(dy, view)
         epi = Epilogue.of(act, x, bias, has_post, post, mask)
-        dx, dw, db = row_backward(x, dy, view, spec, weight, mean, rstd,
+        dx, dw, db = row_backward(x, dy, view, spec, weight, saved,
                                   need_dw, need_db, stats is not None, eps=eps, epi=epi)
         dpost = None
         if has_post and need[3]:
@@ -93,15 +104,29 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
              with_stats=False, act=None, post=None):
     """paths.row_norm outside tracing and transforms: EagerNorm where a gradient is
     recorded, else the kernel alone (inference: no autograd node)."""
+    return run(x, weight, bias, post, (view, spec, eps, stats, running, with_stats, act, None))
+
+
+def run(x, weight, bias, post, call):
+    """row_norm with its arguments as EagerNorm takes them: ``call`` = (view, spec, eps,
+    stats, running, with_stats, act, plan), which a steady-state caller memoises (front):
+    ``plan``, a dispatch.plain_launch of the call or None, skips row_forward's planning."""
     if torch.is_grad_enabled() and (x.requires_grad
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)
                                     or (post is not None and post.requires_grad)):
-        return _apply(x, weight, bias, post, (view, spec, eps, stats, running, with_stats, act))
-    mean, var = stats if stats is not None else (None, None)
-    y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
-                                act=act, post=post)
-    return (y, mean, rstd) if with_stats else y
+        if not call[5]:
+            return _apply(x, weight, bias, post, call)
+        y, saved = _apply(x, weight, bias, post, call)
+        return (y, *mean_rstd(saved))
+    view, spec, eps, stats, running, with_stats, act, plan = call
+    if plan is not None:
+        y, saved = run_plain(plan, x, weight, bias)
+    else:
+        mean, var = stats if stats is not None else (None, None)
+        y, saved = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
+                               act=act, post=post)
+    return (y, *mean_rstd(saved)) if with_stats else y
 
 
 class AddNorm(torch.autograd.Function):
@@ -111,12 +136,12 @@ class AddNorm(torch.autograd.Function):
     def forward(ctx, x, residual, weight, bias, call):
         view, spec, eps, act = call
         h = torch.empty_like(x)
-        y, mean, rstd = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h,
-                                    act=act)
+        y, stats = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h,
+                               act=act)
         ctx.set_materialize_grads(False)
         # h is an output: modifying it in place is caught.  The bias recomputes z for act.
         ctx.save_for_backward(h, weight, bias if act is not None else None)
-        ctx.state = (call, mean, rstd, bias is not None)
+        ctx.state = (call, stats, bias is not None)
         return y, h
 
     @staticmethod
@@ -126,14 +151,14 @@ class AddNorm(torch.autograd.Function):
                 "tritonnorm: add_layer_norm/add_rms_norm have no double backward; for "
                 "gradients of gradients compute h = x + residual and call layer_norm/rms_norm")
         h, weight, bias = ctx.saved_tensors
-        (view, spec, eps, act), mean, rstd, has_bias = ctx.state
+        (view, spec, eps, act), stats, has_bias = ctx.state
         need = ctx.needs_input_grad
         if dy is None:   # only h reached the loss: both inputs get its gradient
             return dh if need[0] else None, dh if need[1] else None, None, None, None
         need_dw = weight is not None and need[2]
         need_db = has_bias and need[3]
         dres = None if dh is None else match_layout(dh, view)
-        dx, dw, db = row_backward(h, match_layout(dy, view), view, spec, weight, mean, rstd,
+        dx, dw, db = row_backward(h, match_layout(dy, view), view, spec, weight, stats,
                                   need_dw, need_db, eps=eps, dres=dres,
                                   epi=Epilogue.of(act, h, bias, False))
         return dx if need[0] else None, dx if need[1] else None, dw, db, None
@@ -146,5 +171,5 @@ def add_norm(x, residual, weight, bias, view: RowView, spec, eps, act=None):
                                        for t in (x, residual, weight, bias)):
         return AddNorm.apply(x, residual, weight, bias, (view, spec, eps, act))
     h = torch.empty_like(x)
-    y, _, _ = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h, act=act)
+    y, _ = row_forward(x, view, spec, weight, bias, eps, residual=residual, h=h, act=act)
     return y, h

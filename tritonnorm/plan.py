@@ -40,13 +40,16 @@ class Launch(NamedTuple):
     cfg: config.RowConfig
     compiled: dict  # the compiled kernels its launches use (launch.launcher)
     keep: tuple     # (pointer parameters, the indices of those the specialisation uses)
+    scalars: dict   # runtime floats -> every scalar argument of the launch (``scalars``)
+    rows: int = 0   # rows of the view: the statistics a forward saves
+    dense_out: bool = False   # outputs row-major, x's rows being strided (spec.rows_strided)
 
 
 def fwd_pointers(c: dict) -> set:
     """The pointer parameters row_norm_fwd reads or writes under constexprs ``c``."""
     used = {"X_ptr"}
-    if c["PHASE"] != 1:
-        used |= {"Y_ptr", "Mean_ptr", "Rstd_ptr"}
+    if c["PHASE"] != 1:   # the saved statistics are one tensor (kernels/tiles.py, rstd_index)
+        used |= {"Y_ptr", "Mean_ptr"} | ({"Rstd_ptr"} if c["PHASE"] == 3 else set())
         used |= {n for n, flag in (("W_ptr", "HAS_W"), ("B_ptr", "HAS_B")) if c[flag]}
     if c["PHASE"] in (1, 2):
         used.add("Part_ptr")
@@ -65,7 +68,12 @@ def fwd_pointers(c: dict) -> set:
 
 def bwd_pointers(c: dict) -> set:
     """The pointer parameters row_norm_bwd reads or writes under constexprs ``c``."""
-    used = {"X_ptr", "DY_ptr", "Rstd_ptr"} | ({"Mean_ptr"} if c["CENTER"] else set())
+    # The saved statistics are one tensor, rstd beside the mean (kernels/tiles.py,
+    # rstd_index); given ones (PHASE 3) are two.
+    if c["PHASE"] == 3:
+        used = {"X_ptr", "DY_ptr", "Rstd_ptr"} | ({"Mean_ptr"} if c["CENTER"] else set())
+    else:
+        used = {"X_ptr", "DY_ptr", "Mean_ptr"}
     if c["PHASE"] != 1:
         used.add("DX_ptr")
     if c["HAS_W"]:
@@ -87,7 +95,8 @@ def bwd_pointers(c: dict) -> set:
     return used
 
 
-def make_launch(kernel, grid, ints, consts: dict, cfg, pointers=None) -> Launch:
+def make_launch(kernel, grid, ints, consts: dict, cfg, pointers=None, view=None,
+                spec=None) -> Launch:
     """Constexprs go positionally: a launch then passes two keywords, not twenty --
     a microsecond a call on a slow host (the constexprs are the kernel's last
     parameters).  ``pointers(consts)`` names the pointer parameters the specialisation
@@ -100,8 +109,9 @@ def make_launch(kernel, grid, ints, consts: dict, cfg, pointers=None) -> Launch:
     grid = tuple(grid) + (1,) * (3 - len(grid))
     ptrs = [n for n in kernel.arg_names if n.endswith("_ptr")]
     used = pointers(consts) if pointers is not None else set(ptrs)
+    out = () if view is None else (view.rows, rows_strided(view, spec))
     return Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg, {},
-                  (len(ptrs), tuple(i for i, n in enumerate(ptrs) if n in used)))
+                  (len(ptrs), tuple(i for i, n in enumerate(ptrs) if n in used)), {}, *out)
 
 
 def kept(L: Launch, tensors: tuple) -> list:
@@ -113,6 +123,26 @@ def kept(L: Launch, tensors: tuple) -> list:
     for i in used:
         out[i] = tensors[i]
     return out
+
+
+# Float tuples a plan remembers the scalars of; past this the memo starts over (an eps
+# that changes every call must not grow it without bound).
+SCALARS_MAX = 16
+
+
+def scalars(L: Launch, floats: tuple, plain: tuple = ()) -> tuple:
+    """A launch's scalar arguments: its ints, ``plain`` as they are, each of ``floats`` as
+    hi, lo fp32 parts (split_float), its constexprs -- memoised on the plan, since a layer
+    calls with the same eps (momentum, slope) every time: building the 40-odd tuple cost
+    more than looking it up."""
+    key = (floats, plain)
+    hit = L.scalars.get(key)
+    if hit is None:
+        if len(L.scalars) >= SCALARS_MAX:
+            L.scalars.clear()
+        parts = [p for f in floats for p in split_float(f)]
+        hit = L.scalars[key] = (*L.ints, *plain, *parts, *L.consts)
+    return hit
 
 
 def geometry(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part: int):

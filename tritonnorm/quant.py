@@ -109,8 +109,8 @@ def _norm_quant(spec, x, normalized_shape, weight, bias, eps, residual, dtype, s
     h = None if r is None else torch.empty_like(xv)
     out_scale = scale if scale is not None else torch.empty(view.rows, dtype=torch.float32,
                                                             device=x.device)
-    q, _, _ = row_forward(xv, view, spec, flat(weight), flat(bias), eps, residual=r, h=h,
-                          quant=(dtype, out_scale, scale is None))
+    q, _ = row_forward(xv, view, spec, flat(weight), flat(bias), eps, residual=r, h=h,
+                       quant=(dtype, out_scale, scale is None))
     if scale is None:
         out_scale = out_scale.reshape(_scale_shape(x, len(ns)))
     return (q, out_scale) if h is None else (q, out_scale, h)

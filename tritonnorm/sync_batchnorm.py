@@ -75,10 +75,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
         running = None
         if running_mean is not None:
             running = (running_mean, running_var, momentum, tracked)
-        y, mean, rstd = row_forward(x, view, BATCH, weight, bias, eps, running=running,
-                                    partials=partials, act=act, post=post, mask=mask)
+        y, stats = row_forward(x, view, BATCH, weight, bias, eps, running=running,
+                               partials=partials, act=act, post=post, mask=mask)
         # The residual recomputes z for the backward, unless the sign mask stands in for it.
-        ctx.save_for_backward(x, weight, mean, rstd, count,
+        ctx.save_for_backward(x, weight, stats, count,
                               post if act is not None and mask is None else None)
         ctx.view, ctx.group, ctx.bias, ctx.eps, ctx.act, ctx.mask = view, group, bias, eps, act, mask
         ctx.has_post = post is not None
@@ -86,7 +86,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, rstd, count, post = ctx.saved_tensors
+        x, weight, stats, count, post = ctx.saved_tensors
         act = ctx.act
         if torch.is_grad_enabled():   # create_graph=True: differentiable gradients
             if ctx.has_post and post is None:
@@ -102,13 +102,13 @@ class SyncBatchNormFunction(torch.autograd.Function):
         dy = match_layout(dy, view)
         epi = Epilogue.of(act, x, ctx.bias, ctx.has_post, post, ctx.mask)
         if x.numel():
-            sums = backward_partials(x, dy, view, BATCH, weight, mean, rstd, epi).sum(1)
+            sums = backward_partials(x, dy, view, BATCH, weight, stats, epi).sum(1)
         else:
-            sums = torch.zeros(view.G, 2, dtype=mean.dtype, device=mean.device)
+            sums = torch.zeros(view.G, 2, dtype=stats.dtype, device=stats.device)
         dist.all_reduce(sums, group=ctx.group)
         sums = (sums / count.clamp_min(1)).unsqueeze(1)           # global means, (C, 1, 2)
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        dx, dw, db = row_backward(x, dy, view, BATCH, weight, mean, rstd, need_dw,
+        dx, dw, db = row_backward(x, dy, view, BATCH, weight, stats, need_dw,
                                   need_db and ctx.bias is not None, partials=sums, count=1.0,
                                   epi=epi)
         dpost = None

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .activation import Act
-from .dispatch import Epilogue, row_backward, row_forward, sign_mask
+from .dispatch import Epilogue, mean_rstd, row_backward, row_forward, sign_mask
 from .plan import acc_dtype
 from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, RMS_CAST, RowView, match_layout, out_like
 
@@ -34,12 +34,13 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
              stat_var: Optional[Tensor], running_mean: Optional[Tensor],
              running_var: Optional[Tensor], num_batches_tracked: Optional[Tensor],
              momentum: Optional[float], post: Optional[Tensor] = None, act: int = 0,
-             slope: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, mean, rstd, new_running_mean, new_running_var, mask).  mean/rstd are empty
-    when stat_mean/stat_var (constant statistics: a mean and a variance, eps
-    added in the kernel) are given; the new running stats are empty unless
-    running_mean/running_var are.  ``post``/``act``/``slope``: the epilogue
-    y = act(norm(x) + post); ``mask`` (z > 0) is empty unless the backward reads it."""
+             slope: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, stats, new_running_mean, new_running_var, mask).  ``stats`` (2 * rows): the
+    means, then the rstds (dispatch.row_forward); empty when stat_mean/stat_var
+    (constant statistics: a mean and a variance, eps added in the kernel) are given; the
+    new running stats are empty unless running_mean/running_var are.
+    ``post``/``act``/``slope``: the epilogue y = act(norm(x) + post); ``mask`` (z > 0) is
+    empty unless the backward reads it."""
     running = None
     new_rm, new_rv = x.new_empty(0), x.new_empty(0)
     if running_mean is not None:
@@ -47,12 +48,11 @@ def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], geom: 
         running = (running_mean, running_var, momentum, num_batches_tracked, new_rm, new_rv)
     a = Act(act, slope) if act else None
     mask = sign_mask(x, post, a)
-    y, mean, rstd = row_forward(x, _view(geom, fmt), SPECS[spec], weight, bias, eps,
-                                stat_mean, stat_var, running, act=a, post=post, mask=mask)
+    y, stats = row_forward(x, _view(geom, fmt), SPECS[spec], weight, bias, eps,
+                           stat_mean, stat_var, running, act=a, post=post, mask=mask)
     if stat_mean is not None:
-        mean = x.new_empty(0, dtype=acc_dtype(x))
-        rstd = x.new_empty(0, dtype=acc_dtype(x))
-    return y, mean, rstd, new_rm, new_rv, _mask_out(x, mask)
+        stats = x.new_empty(0, dtype=acc_dtype(x))
+    return y, stats, new_rm, new_rv, _mask_out(x, mask)
 
 
 def _mask_out(x: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -65,24 +65,25 @@ def _(x, weight, bias, geom, fmt, spec, eps, stat_mean, stat_var, running_mean, 
       num_batches_tracked, momentum, post=None, act=0, slope=0.0):
     rows = 0 if stat_mean is not None else geom[0] * geom[1]
     y = out_like(x, _view(geom, fmt), SPECS[spec])
-    stats = [x.new_empty(rows, dtype=acc_dtype(x)) for _ in range(2)]
+    stats = x.new_empty(2 * rows, dtype=acc_dtype(x))
     mask = _mask_out(x, sign_mask(x, post, Act(act, slope) if act else None))
     if running_mean is None:
-        return y, *stats, x.new_empty(0), x.new_empty(0), mask
-    return y, *stats, torch.empty_like(running_mean), torch.empty_like(running_var), mask
+        return y, stats, x.new_empty(0), x.new_empty(0), mask
+    return y, stats, torch.empty_like(running_mean), torch.empty_like(running_var), mask
 
 
 @torch.library.custom_op("tritonnorm::norm_bwd", mutates_args=())
-def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+def norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], stats: Tensor, var: Optional[Tensor],
              geom: List[int], fmt: int, spec: int, fixed: bool, need_dw: bool,
              need_db: bool, eps: float, bias: Optional[Tensor] = None,
              post: Optional[Tensor] = None, mask: Optional[Tensor] = None, act: int = 0,
              slope: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw, db, dpost); dw/db are empty when not asked for, dpost without a post.
-    With ``fixed``, rstd holds the given variance."""
+    ``stats``: norm_fwd's; with ``fixed``, the given mean, and ``var`` the given variance."""
     epi = _epilogue(x, bias, post, mask, act, slope)
-    dx, dw, db = row_backward(x, dy, _view(geom, fmt), SPECS[spec], weight, mean, rstd,
-                              need_dw, need_db, fixed, eps=eps, epi=epi)
+    dx, dw, db = row_backward(x, dy, _view(geom, fmt), SPECS[spec], weight,
+                              (stats, var) if fixed else stats, need_dw, need_db, fixed,
+                              eps=eps, epi=epi)
     dpost = x.new_empty(0) if post is None else (dy if epi is None else epi.dr)
     return dx, x.new_empty(0) if dw is None else dw, x.new_empty(0) if db is None else db, dpost
 
@@ -95,7 +96,7 @@ def _epilogue(x, bias, post, mask, act, slope) -> Optional[Epilogue]:
 
 
 @norm_bwd.register_fake
-def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db, eps, bias=None,
+def _(dy, x, weight, stats, var, geom, fmt, spec, fixed, need_dw, need_db, eps, bias=None,
       post=None, mask=None, act=0, slope=0.0):
     dx = out_like(x, _view(geom, fmt), SPECS[spec])
     pdtype = weight.dtype if weight is not None else x.dtype
@@ -110,12 +111,12 @@ def _(dy, x, weight, mean, rstd, geom, fmt, spec, fixed, need_dw, need_db, eps, 
 def _setup_context(ctx, inputs, output):
     x, weight, bias, geom, fmt, spec, _, stat_mean, stat_var = inputs[:9]
     post, act, slope = inputs[13:16]
-    _, mean, rstd, _, _, mask = output
+    _, stats, _, _, mask = output
     ctx.mark_non_differentiable(*output[1:])
     # The statistics outputs never get a gradient: no zero tensors materialised for them.
     ctx.set_materialize_grads(False)
     fixed = stat_mean is not None
-    ctx.save_for_backward(x, weight, stat_mean if fixed else mean, stat_var if fixed else rstd,
+    ctx.save_for_backward(x, weight, stat_mean if fixed else stats, stat_var if fixed else None,
                           bias if act else None, post, mask)
     ctx.geom, ctx.fmt, ctx.spec, ctx.fixed, ctx.eps = geom, fmt, spec, fixed, inputs[6]
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
@@ -123,13 +124,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy, *_):
-    x, weight, mean, rstd, bias, post, mask = ctx.saved_tensors
+    x, weight, stats, var, bias, post, mask = ctx.saved_tensors
     if dy is None:  # y took no part in the loss
         return (None,) * 16
     need_dw = ctx.has_weight and ctx.needs_input_grad[1]
     need_db = ctx.has_bias and ctx.needs_input_grad[2]
     dy = match_layout(dy, _view(ctx.geom, ctx.fmt))
-    dx, dw, db, dpost = norm_bwd(dy, x, weight, mean, rstd, ctx.geom, ctx.fmt, ctx.spec,
+    dx, dw, db, dpost = norm_bwd(dy, x, weight, stats, var, ctx.geom, ctx.fmt, ctx.spec,
                                  ctx.fixed, need_dw, need_db, ctx.eps, bias, post, mask,
                                  ctx.act, ctx.slope)
     return (dx if ctx.needs_input_grad[0] else None, dw if need_dw else None,
@@ -147,7 +148,7 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
     geom = [view.N, view.G, view.Cg, view.S, view.sN, view.sG, view.sJ, view.sS]
     stat_mean, stat_var = stats if stats is not None else (None, None)
     rm, rv, momentum, nbt = running if running is not None else (None, None, None, None)
-    y, mean, rstd, new_rm, new_rv, _ = norm_fwd(
+    y, stats, new_rm, new_rv, _ = norm_fwd(
         x, weight, bias, geom, FORMATS.index(view.memory_format), SPECS.index(spec), float(eps),
         stat_mean, stat_var, rm, rv, nbt, None if momentum is None else float(momentum),
         post, 0 if act is None else act.code, 0.0 if act is None else float(act.slope))
@@ -155,4 +156,4 @@ def row_norm(x, weight, bias, view: RowView, spec, eps, stats=None, running=None
         with torch.no_grad():
             rm.copy_(new_rm)
             rv.copy_(new_rv)
-    return (y, mean, rstd) if with_stats else y
+    return (y, *mean_rstd(stats)) if with_stats else y
