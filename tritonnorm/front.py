@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import checks, config
+from . import checks, config, dispatch, eager, paths
 from ._runtime import use_triton
 from .activation import compose
 from .paths import row_norm
@@ -51,6 +51,8 @@ def torch_path(x: Tensor) -> bool:
 
 # Checked call signatures -> their views (LayerNorm/RMSNorm, GroupNorm).
 _VIEWS = config.memo()
+# Steady-state eager calls (norm_rows): signature -> eager.run's ``call``.
+_READY = config.memo()
 
 # Per row norm: torch's names for it (in its dtype error, in its argument errors) and
 # whether torch's parameter-dtype rule applies (RMSNorm takes any mix).
@@ -67,11 +69,7 @@ def rows(spec, x: Tensor, normalized_shape, weight, bias, strided: bool = False)
     ``strided``, x itself where its rows can be read in place (spec.row_layout).  The
     checks and the view are memoised on what they read, so a steady-state call pays a
     dict lookup, not the checks."""
-    # Only ints in the key: (3.0,) == (3,) as a dict key, yet torch refuses the float.
-    t = type(normalized_shape)
-    hashable = t is int or (t is tuple and (
-        type(normalized_shape[0]) is int if len(normalized_shape) == 1
-        else all(type(d) is int for d in normalized_shape)))
+    hashable = _int_shape(normalized_shape)   # only ints in the key
     hit = None
     if hashable:
         key = (spec, x.shape, x.stride() if strided else None, x.dtype, normalized_shape,
@@ -148,12 +146,63 @@ def add(x: Tensor, residual: Tensor) -> Tensor:
     return (x + residual).to(x.dtype)
 
 
+def _int_shape(normalized_shape) -> bool:
+    """normalized_shape is an int or a tuple of ints, as a memo key may hold it: (3.0,) ==
+    (3,) as a dict key, yet torch refuses the float."""
+    t = type(normalized_shape)
+    return t is int or (t is tuple and (
+        type(normalized_shape[0]) is int if len(normalized_shape) == 1
+        else all(type(d) is int for d in normalized_shape)))
+
+
+def steady_key(x: Tensor, *rest):
+    """The memo key of a steady-state eager call (``ready``): x's shape, strides, dtype and
+    device, then ``rest`` -- or None where the call is not a plain eager one
+    (paths.plain_eager) or CUDA autocast may cast it."""
+    if not paths.plain_eager(x) or (x.is_cuda and torch.is_autocast_enabled("cuda")):
+        return None
+    return (x.shape, x.stride(), x.dtype, x.get_device()) + rest
+
+
+def placed(p: Optional[Tensor]):
+    """What a steady-state key holds of a tensor argument: shape, strides, dtype, device --
+    all that its checks and its use as it is (``flat``) read."""
+    return None if p is None else (p.shape, p.stride(), p.dtype, p.get_device())
+
+
+def recall(key):
+    """The eager call ``ready`` remembered for ``key`` (None: none, or no key)."""
+    return None if key is None else _READY.get(key)
+
+
+def ready(key, x: Tensor, view, spec, weight, bias, eps, act):
+    """Remember the eager call of a checked signature (``key``, steady_key's, or None for
+    nothing to remember) whose x, weight and bias go to the kernels as they are, and run
+    it: ``key`` then finds the call (_READY), its checks passed and its launch planned
+    (dispatch.plain_launch)."""
+    plan = dispatch.plain_launch(x, view, spec, weight is not None, bias is not None, eps, act)
+    call = (view, spec, eps, None, None, False, act, plan)
+    if key is not None:
+        config.remember(_READY, key, call)
+    return eager.run(x, weight, bias, None, call)
+
+
 def norm_rows(spec, x: Tensor, normalized_shape, weight: Optional[Tensor],
               bias: Optional[Tensor], eps: Optional[float], act=None) -> Tensor:
     """layer_norm (LAYER), rms_norm (RMS) or the cast-first rms_norm of Llama-style
     classes (RMS_CAST; tritonnorm.hf, which serves torch's path itself) of ``x``, then
     ``act`` (activation.Act) in the same kernel: torch's op where torch_path(x), else
-    the checked view down ``paths.row_norm``.  ``eps`` None is RMSNorm's default."""
+    the checked view down ``paths.row_norm``.  ``eps`` None is RMSNorm's default.
+
+    A steady-state eager call -- a signature seen before, checked then, that needed no
+    copy, cast or reshape of x or its parameters -- is one memo lookup and eager.run
+    (``ready``; issue 24)."""
+    key = None
+    if _int_shape(normalized_shape):
+        key = steady_key(x, spec, normalized_shape, eps, act, placed(weight), placed(bias))
+        call = recall(key)
+        if call is not None:
+            return eager.run(x, weight, bias, None, call)
     if torch_path(x):
         y = (F.layer_norm(x, normalized_shape, weight, bias, eps) if spec is LAYER
              else F.rms_norm(x, normalized_shape, weight, eps))
@@ -165,4 +214,7 @@ def norm_rows(spec, x: Tensor, normalized_shape, weight: Optional[Tensor],
             xv, weight, bias = autocast("layer_norm", xv, weight, bias)
     else:
         eps = rms_eps(x, eps)
-    return row_norm(xv, flat(weight), flat(bias), view, spec, eps, act=act)
+    w, b = flat(weight), flat(bias)
+    if xv is x and w is weight and b is bias and paths.plain_eager(x):
+        return ready(key, x, view, spec, w, b, eps, act)
+    return row_norm(xv, w, b, view, spec, eps, act=act)

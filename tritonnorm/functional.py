@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import checks
+from . import checks, config, eager
 from ._runtime import use_triton
 from .activation import Act, compose, parse
-from .front import autocast, flat, group_view, jit_tracing, norm_rows, offset_weight, torch_path
+from .front import (autocast, flat, group_view, jit_tracing, norm_rows, offset_weight,
+                    placed, ready, recall, steady_key, torch_path)
 from .fused import add_layer_norm, add_rms_norm
 from .paths import row_norm
 from .quant import layer_norm_quant, rms_norm_quant
@@ -71,15 +72,24 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
                residual: Optional[Tensor] = None, activation: Optional[str] = None,
                negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
-    """torch's group_norm; act(group_norm(input) + residual) with the epilogue keywords."""
+    """torch's group_norm; act(group_norm(input) + residual) with the epilogue keywords.
+    A steady-state eager call without a residual is one memo lookup (front.ready)."""
     act = parse(activation, negative_slope, approximate)
+    key = None
+    if residual is None and type(num_groups) is int:   # 2.0 == 2 as a key; torch refuses it
+        key = steady_key(input, GROUP, num_groups, eps, act, placed(weight), placed(bias))
+        call = recall(key)
+        if call is not None:
+            return eager.run(input, weight, bias, None, call)
     if torch_path(input):
         return compose(F.group_norm(input, num_groups, weight, bias, eps), residual, act)
     view, dense = group_view(input, num_groups, weight, bias)
     checks.devices(input, weight, bias)
     x, weight, bias = autocast("group_norm", input, weight, bias)
-    return _norm_epilogue(x if dense else x.contiguous(), flat(weight), flat(bias), view,
-                          GROUP, eps, residual, act)
+    w, b = flat(weight), flat(bias)
+    if key is not None and dense and x is input and w is weight and b is bias:
+        return ready(key, x, view, GROUP, w, b, eps, act)
+    return _norm_epilogue(x if dense else x.contiguous(), w, b, view, GROUP, eps, residual, act)
 
 
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
@@ -117,10 +127,11 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
         checks.vector("running_var", running_var, c, input)
         stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
         return _norm_epilogue(xv, weight, bias, view, INSTANCE, eps, residual, act, stats=stats)
+    if running_mean is None and running_var is None:
+        return _norm_epilogue(xv, weight, bias, view, INSTANCE, eps, residual, act)
     y, mean, rstd = _norm_epilogue(xv, weight, bias, view, INSTANCE, eps, residual, act,
                                    with_stats=True)
-    if running_mean is not None or running_var is not None:
-        _update_running(running_mean, running_var, mean, rstd, view.S, c, momentum, eps)
+    _update_running(running_mean, running_var, mean, rstd, view.S, c, momentum, eps)
     return y
 
 
@@ -160,14 +171,28 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                               residual)
 
 
+# Steady-state eager BatchNorm calls (batch_norm_tracked): signature -> view.
+_BN_READY = config.memo()
+
+
 def batch_norm_tracked(input, running_mean, running_var, weight, bias, training, momentum, eps,
                        num_batches_tracked: Optional[Tensor] = None, act: Optional[Act] = None,
                        residual: Optional[Tensor] = None) -> Tensor:
     """batch_norm, where momentum=None with ``num_batches_tracked`` (already
     incremented) means the cumulative average 1 / num_batches_tracked, computed
-    on the device: no host sync; then act(y + residual)."""
+    on the device: no host sync; then act(y + residual).
+
+    A steady-state eager call -- a signature seen before and checked then, x and the
+    parameters used as they are -- skips the checks: one memo lookup (issue 24)."""
     if momentum is None and num_batches_tracked is None:   # torch's argument parser
         raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, not NoneType")
+    key = steady_key(input, bool(training), eps, placed(weight), placed(bias),
+                     placed(running_mean), placed(running_var))
+    if key is not None:
+        view = _BN_READY.get(key)
+        if view is not None:
+            return _batch_norm(input, view, running_mean, running_var, weight, bias, training,
+                               momentum, eps, num_batches_tracked, act, residual)
     if jit_tracing() or not use_triton(input) or input.numel() == 0:
         if momentum is None:
             momentum = 1.0 / float(num_batches_tracked)
@@ -191,10 +216,24 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     checks.float_input("batch_norm", input)
     checks.param_dtypes(input, weight, bias, running_mean, running_var)
     checks.devices(input, weight, bias, running_mean, running_var)
-    weight, bias = flat(weight), flat(bias)
     xv, view = batch_layout(input)
+    if key is not None and xv is input and flat(weight) is weight and flat(bias) is bias:
+        config.remember(_BN_READY, key, view)
+    return _batch_norm(xv, view, running_mean, running_var, weight, bias, training, momentum,
+                       eps, num_batches_tracked, act, residual)
+
+
+def _constant(t: Tensor) -> Tensor:
+    """A running statistic as constant statistics: dense, and out of autograd."""
+    return (t.detach() if t.requires_grad else t).contiguous()
+
+
+def _batch_norm(xv, view, running_mean, running_var, weight, bias, training, momentum, eps,
+                num_batches_tracked, act, residual) -> Tensor:
+    """batch_norm_tracked of checked arguments: x as the kernels address it (``view``)."""
+    weight, bias = flat(weight), flat(bias)
     if not training:
-        stats = (running_mean.detach().contiguous(), running_var.detach().contiguous())
+        stats = (_constant(running_mean), _constant(running_var))
         return _norm_epilogue(xv, weight, bias, view, BATCH, eps, residual, act, stats=stats)
     if running_mean is None:
         return _norm_epilogue(xv, weight, bias, view, BATCH, eps, residual, act)
@@ -203,8 +242,9 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     rm, rv = running_mean.contiguous(), running_var.contiguous()
     y = _norm_epilogue(xv, weight, bias, view, BATCH, eps, residual, act,
                        running=(rm, rv, momentum, num_batches_tracked))
-    with torch.no_grad():
-        for buf, new in ((running_mean, rm), (running_var, rv)):
-            if new is not buf:
-                buf.copy_(new)
+    if rm is not running_mean or rv is not running_var:
+        with torch.no_grad():
+            for buf, new in ((running_mean, rm), (running_var, rv)):
+                if new is not buf:
+                    buf.copy_(new)
     return y

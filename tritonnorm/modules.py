@@ -11,9 +11,25 @@ from torch import Tensor
 
 from . import activation as activations
 from . import functional as TF
+from .front import norm_rows
+from .spec import LAYER, RMS
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
            "LayerNorm", "RMSNorm"]
+
+
+def _param(m: nn.Module, name: str):
+    """A layer's parameter, read from its parameter dict: nn.Module.__getattr__ costs about
+    0.5 us a name on a 2-core host, a tenth of a steady-state call.  Where it is not a plain
+    parameter (a parametrization, weight_norm's hook), the attribute."""
+    p = m._parameters
+    return p[name] if name in p else getattr(m, name, None)
+
+
+def _buffer(m: nn.Module, name: str):
+    """A layer's buffer (running_mean, ...), read like _param."""
+    b = m._buffers
+    return b[name] if name in b else getattr(m, name, None)
 
 
 class Activated:
@@ -57,8 +73,9 @@ class LayerNorm(Activated, nn.LayerNorm):
         if residual is not None:
             return TF.add_layer_norm(input, residual, self.normalized_shape, self.weight,
                                      self.bias, self.eps, **self.epilogue())
-        if self.activation is None:   # torch's call: no keywords to pass (host time)
-            return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        if self.activation is None:   # torch's call, the functional layer's front (host time)
+            weight, bias = _param(self, "weight"), _param(self, "bias")
+            return norm_rows(LAYER, input, self.normalized_shape, weight, bias, self.eps)
         return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                              **self.epilogue())
 
@@ -81,6 +98,9 @@ class RMSNorm(nn.RMSNorm):
         if residual is not None:
             return TF.add_rms_norm(x, residual, self.normalized_shape, self.weight, self.eps,
                                    offset=self.offset)
+        if not self.offset:   # the functional layer's front (host time)
+            return norm_rows(RMS, x, self.normalized_shape, _param(self, "weight"), None,
+                             self.eps)
         return TF.rms_norm(x, self.normalized_shape, self.weight, self.eps, offset=self.offset)
 
 
@@ -88,7 +108,8 @@ class GroupNorm(Activated, nn.GroupNorm):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """act(group_norm(input) + residual)."""
         if self.activation is None and residual is None:   # torch's call (host time)
-            return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+            weight, bias = _param(self, "weight"), _param(self, "bias")
+            return TF.group_norm(input, self.num_groups, weight, bias, self.eps)
         return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                              residual=residual, **self.epilogue())
 
@@ -141,14 +162,17 @@ def batch_step(self):
     counter, so the kernel forms 1 / num_batches_tracked on the device."""
     momentum = 0.0 if self.momentum is None else self.momentum
     tracked = None
-    if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:
-            momentum, tracked = None, self.num_batches_tracked
-    bn_training = self.training or (self.running_mean is None and self.running_var is None)
+    running_mean, running_var = _buffer(self, "running_mean"), _buffer(self, "running_var")
+    if self.training and self.track_running_stats:
+        counter = _buffer(self, "num_batches_tracked")
+        if counter is not None:
+            counter.add_(1)
+            if self.momentum is None:
+                momentum, tracked = None, counter
+    bn_training = self.training or (running_mean is None and running_var is None)
     use_buffers = not self.training or self.track_running_stats
-    return (momentum, tracked, bn_training, self.running_mean if use_buffers else None,
-            self.running_var if use_buffers else None)
+    return (momentum, tracked, bn_training, running_mean if use_buffers else None,
+            running_var if use_buffers else None)
 
 
 def _batch_forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -156,8 +180,9 @@ def _batch_forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Te
     act(y + residual)."""
     self._check_input_dim(input)
     momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
-    return TF.batch_norm_tracked(input, running_mean, running_var, self.weight, self.bias,
-                                 bn_training, momentum, self.eps, tracked, self.act(), residual)
+    return TF.batch_norm_tracked(input, running_mean, running_var, _param(self, "weight"),
+                                 _param(self, "bias"), bn_training, momentum, self.eps, tracked,
+                                 self.act(), residual)
 
 
 class BatchNorm1d(Activated, nn.BatchNorm1d):
