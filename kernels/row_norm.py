@@ -45,7 +45,7 @@ import triton.language as tl
 from .activation import act
 from .quant import quantize, row_scale, tile_amax
 from .tiles import (add_shifted, by_row, div, out_offsets, part_index, per_row, row_block, rsqrt,
-                    rstd_index, shifted_moments, sum_parts, tile_moments, tiles_count,
+                    shifted_moments, sum_parts, tile_moments, tiles_count,
                     tile_offsets, wide)
 
 
@@ -235,8 +235,9 @@ def row_norm_fwd(
     Y_ptr,     # shape (N, G, Cg, S), same strides as X; rows at (ysN, ysG) if Y_STRIDED
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
     B_ptr,     # shape like W
-    Mean_ptr,  # shape (2, N * G) saved mean, then 1 / sqrt(var + eps), fp32 (fp64 for fp64
-               # input); in PHASE 3 shape (G,) the given mean (stat_sN == 0) or (N * G,)
+    Mean_ptr,  # shape (2, n_stats = N * G) saved mean, then 1 / sqrt(var + eps), fp32 (fp64
+               # for fp64 input): one allocation a call, not two (host time, issue 24); in
+               # PHASE 3 shape (G,) the given mean (stat_sN == 0) or (N * G,)
     Rstd_ptr,  # shape like Mean_ptr's in PHASE 3: the given variance; unused otherwise
     Part_ptr,  # shape (N * G, n_part, 3) Chan partials (count, mean, M2); PHASE 1/2 only
     RM_ptr,    # shape (G,) running_mean read when UPDATE_RUNNING
@@ -249,7 +250,8 @@ def row_norm_fwd(
     Scale_ptr,  # shape (N * G,) fp32 row scales written (DYNAMIC), or (1,) given; QUANT only
     Mask_ptr,  # shape (N, G, Cg, S), same strides as X, bool: z > 0, written when MASK
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, eps_hi, eps_lo, mom_hi, mom_lo,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, n_stats, eps_hi, eps_lo, mom_hi,
+    mom_lo,
     slope_hi, slope_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     HAS_B: tl.constexpr, W_MODE: tl.constexpr, UPDATE_RUNNING: tl.constexpr,
@@ -338,7 +340,7 @@ def row_norm_fwd(
                 rstd = rsqrt(var + wide(var, eps_hi, eps_lo))
                 if p == 0:
                     tl.store(Mean_ptr + rs, mean, mask=rmask)
-                    tl.store(Mean_ptr + rstd_index(rs, n_rb, nGB, stat_sN), rstd, mask=rmask)
+                    tl.store(Mean_ptr + n_stats + rs, rstd, mask=rmask)
                     if UPDATE_RUNNING:
                         _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask,
                                         mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .activation import act_grad, mask_grad
 from .row_norm import _chunk, _load, _load_params, _tile_j
-from .tiles import (div, out_offsets, per_row, row_block, rsqrt, rstd_index, sum_js, sum_tile,
+from .tiles import (div, out_offsets, per_row, row_block, rsqrt, sum_js, sum_tile,
                     tile_offsets, wide)
 
 
@@ -127,7 +127,7 @@ def _store_dz(DR_ptr, offs, mask, dz, ADD_Y: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G, stat_sN, eps_hi, eps_lo,
+def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, n_stats, eps_hi, eps_lo,
                PHASE: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
                CENTER: tl.constexpr):
     """Row block rb (see row_block) and its saved mean (0 without CENTER: RMSNorm's is not
@@ -140,9 +140,8 @@ def _row_stats(Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G, stat_sN, eps_hi, eps_lo,
     if PHASE == 3:   # the given variance
         v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
         v = rsqrt(v + wide(v, eps_hi, eps_lo))
-    else:            # the saved rstd, beside the mean (tiles.rstd_index)
-        v = tl.load(Mean_ptr + rstd_index(rs, n_rb, nGB, stat_sN), mask=rmask,
-                    other=0.0).to(ACC)
+    else:            # the saved rstd, n_stats past the mean
+        v = tl.load(Mean_ptr + n_stats + rs, mask=rmask, other=0.0).to(ACC)
     return n, g0, rmask, r, rs, mean, per_row(v)
 
 
@@ -203,7 +202,7 @@ def row_norm_bwd(
     DY_ptr,    # shape (N, G, Cg, S), same strides as X; rows at (ysN, ysG) if Y_STRIDED
     DX_ptr,    # shape (N, G, Cg, S), laid out like DY
     W_ptr,     # shape (G * Cg,), (Cg,) or (G,) by W_MODE
-    Mean_ptr,  # shape (2, N * G): the mean and rstd the forward saved; in PHASE 3 shape (G,)
+    Mean_ptr,  # shape (2, n_stats = N * G): the mean and rstd the forward saved; in PHASE 3 (G,)
                # the given mean (stat_sN == 0) or (N * G,)
     Rstd_ptr,  # shape like Mean_ptr's in PHASE 3: the given variance; unused otherwise
     Part_ptr,  # shape (N * G, n_part, 2) partial (sum w*dy*xhat, sum w*dy); PHASE 1/2 only
@@ -216,7 +215,7 @@ def row_norm_bwd(
     Mask_ptr,  # shape (N, G, Cg, S), laid out like X, bool: z > 0, read when MASK
     DR_ptr,    # shape (N, G, Cg, S), laid out like X: the residual's gradient dz (ADD_Y)
     G, Cg, S, sN, sG, sJ, sS,
-    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, Cw, M, eps_hi, eps_lo,
+    n_rb, nGB, nSB, T, chunk, SPLIT, n_part, ysN, ysG, stat_sN, n_stats, Cw, M, eps_hi, eps_lo,
     slope_hi, slope_lo,
     PHASE: tl.constexpr, CENTER: tl.constexpr, HAS_W: tl.constexpr,
     NEED_DWB: tl.constexpr, W_MODE: tl.constexpr, RESIDENT: tl.constexpr,
@@ -262,7 +261,7 @@ def row_norm_bwd(
             lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             for rb in range(pid, n_rb, nprog):
                 n, g0, rmask, r, rs, mean, rstd = _row_stats(
-                    Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G, stat_sN, eps_hi, eps_lo, PHASE, ACC,
+                    Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, n_stats, eps_hi, eps_lo, PHASE, ACC,
                     BLOCK_G, CENTER)
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(
@@ -286,8 +285,8 @@ def row_norm_bwd(
             rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
         for rb in range(pid, n_rb, nprog):
-            n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, n_rb, nGB, G,
-                                                         stat_sN, eps_hi, eps_lo, PHASE, ACC,
+            n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
+                                                         n_stats, eps_hi, eps_lo, PHASE, ACC,
                                                          BLOCK_G, CENTER)
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows

@@ -71,15 +71,6 @@ def row_block(rb, nGB, G, stat_sN, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
-def rstd_index(rs, n_rb, nGB, stat_sN):
-    """Where the rstd of statistics ``rs`` is saved: the statistics a forward saves are one
-    (2, N * G) tensor, the means then the rstds (one allocation a call, not two: host
-    time, issue 24).  N = n_rb / nGB, in rs's int64 (the JIT passes an int of 1 as a
-    constant, which has no .to)."""
-    return rs + (rs * 0 + n_rb // nGB) * stat_sN
-
-
-@triton.jit
 def per_row(v):
     """A per-row vector ``v`` [BLOCK_G] as a [BLOCK_G, BLOCK_J, BLOCK_S] tile broadcasts
     it: [BLOCK_G, 1, 1], or a scalar for a one-row block (the value itself: a sum of one

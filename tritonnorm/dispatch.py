@@ -61,7 +61,8 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   Y_STRIDED=rows_strided(view, spec), ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=tl_acc(acc_dtype(x)),
                   **blocks(view, cfg, n_part, x.element_size(), False, epi[1] and phase == 2))
-    ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,)
+    # (stat_sN, n_stats): the saved statistics' per-sample stride and count (kernels)
+    ints = geometry(view, spec, cfg, n_part) + ((0, 0) if phase == 3 else (view.G, view.rows))
     return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg,
                                                   fwd_pointers, view, spec))
 
@@ -152,7 +153,7 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
                 quant=None, act=None, post=None, mask=None):
     """Normalise ``x``.  Returns (y, stats): ``stats`` the statistics of every row, one
     tensor of 2 * rows -- the means, then the rstds (1 / sqrt(var + eps)) -- in fp32 (fp64
-    for fp64 x): one allocation a call (kernels/tiles.py, rstd_index; mean_rstd splits it).
+    for fp64 x): one allocation a call (kernels/row_norm.py, Mean_ptr; mean_rstd splits it).
 
     * ``mean``/``var`` given (shape (G,), e.g. running statistics): applied as
       constants, eps and the rsqrt in the kernel, no statistics pass; ``stats`` is then
@@ -226,8 +227,8 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), True),
                   DWB_FINAL=final and need_dwb and phase != 1)
-    ints = geometry(view, spec, cfg, n_part) + (0 if phase == 3 else view.G,
-                                                 param_count(view, spec))
+    ints = geometry(view, spec, cfg, n_part) + ((0, 0) if phase == 3 else (view.G, view.rows)) + (
+        param_count(view, spec),)
     return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
                        bwd_pointers, view, spec)
 

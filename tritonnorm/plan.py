@@ -48,7 +48,7 @@ class Launch(NamedTuple):
 def fwd_pointers(c: dict) -> set:
     """The pointer parameters row_norm_fwd reads or writes under constexprs ``c``."""
     used = {"X_ptr"}
-    if c["PHASE"] != 1:   # the saved statistics are one tensor (kernels/tiles.py, rstd_index)
+    if c["PHASE"] != 1:   # the saved statistics are one tensor (kernels/row_norm.py, Mean_ptr)
         used |= {"Y_ptr", "Mean_ptr"} | ({"Rstd_ptr"} if c["PHASE"] == 3 else set())
         used |= {n for n, flag in (("W_ptr", "HAS_W"), ("B_ptr", "HAS_B")) if c[flag]}
     if c["PHASE"] in (1, 2):
@@ -68,8 +68,8 @@ def fwd_pointers(c: dict) -> set:
 
 def bwd_pointers(c: dict) -> set:
     """The pointer parameters row_norm_bwd reads or writes under constexprs ``c``."""
-    # The saved statistics are one tensor, rstd beside the mean (kernels/tiles.py,
-    # rstd_index); given ones (PHASE 3) are two.
+    # The saved statistics are one tensor, rstd beside the mean (kernels/row_norm.py,
+    # Mean_ptr); given ones (PHASE 3) are two.
     if c["PHASE"] == 3:
         used = {"X_ptr", "DY_ptr", "Rstd_ptr"} | ({"Mean_ptr"} if c["CENTER"] else set())
     else:
