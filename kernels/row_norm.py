@@ -340,7 +340,7 @@ def row_norm_fwd(
                 rstd = rsqrt(var + wide(var, eps_hi, eps_lo))
                 if p == 0:
                     tl.store(Mean_ptr + rs, mean, mask=rmask)
-                    tl.store(Mean_ptr + n_stats + rs, rstd, mask=rmask)
+                    tl.store(Mean_ptr + (rs + n_stats), rstd, mask=rmask)
                     if UPDATE_RUNNING:
                         _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask,
                                         mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)

@@ -140,8 +140,9 @@ def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, n_stats, eps_hi, eps_lo,
     if PHASE == 3:   # the given variance
         v = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
         v = rsqrt(v + wide(v, eps_hi, eps_lo))
-    else:            # the saved rstd, n_stats past the mean
-        v = tl.load(Mean_ptr + n_stats + rs, mask=rmask, other=0.0).to(ACC)
+    else:   # the saved rstd, n_stats past the mean: offset first, so no 64-bit base is held
+            # (Mean_ptr + n_stats spilled 8 bytes in a split merge, triton 3.6, compile_check)
+        v = tl.load(Mean_ptr + (rs + n_stats), mask=rmask, other=0.0).to(ACC)
     return n, g0, rmask, r, rs, mean, per_row(v)
 
 
