@@ -30,12 +30,18 @@ def world_of_one(tmp_path):
     dist.destroy_process_group()
 
 
-def test_compiled_converted_model_matches_eager(world_of_one, device):
+# On a GPU also CUDA graphs: Inductor launches our kernels itself (traced.py, triton_op), so
+# "reduce-overhead" captures the whole step.
+MODES = ["default"] + (["reduce-overhead"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_converted_model_matches_eager(world_of_one, device, mode):
     torch.manual_seed(0)
     eager = tritonnorm.convert(EveryNorm()).to(device)
     assert isinstance(eager.body[4], tritonnorm.SyncBatchNorm)
     model = copy.deepcopy(eager)
-    compiled = torch.compile(model, fullgraph=True)  # fullgraph: any graph break raises
+    compiled = torch.compile(model, fullgraph=True, mode=mode)  # fullgraph: a graph break raises
     for step in range(2):
         x = torch.randn(4, 3, 6, 6, device=device) + step
         y_eager, y = eager(x), compiled(x)

@@ -16,12 +16,40 @@ goes through ``kernel.run``, holding one lock: the interpreter patches module
 globals while a kernel runs, so two threads interpreting at once break each other.
 ``TRITONNORM_DIRECT_LAUNCH=0`` sends every GPU launch through ``kernel.run`` too.
 """
+import contextlib
 import os
 import threading
 
 from ._runtime import INTERPRET
 
 _INTERPRETER_LOCK = threading.Lock()
+
+
+class _Traced(threading.local):
+    on = False   # inside traceable(), in this thread
+
+
+_TRACED = _Traced()
+
+
+@contextlib.contextmanager
+def traceable():
+    """Inside the block (this thread), every launch goes through
+    ``torch.library.wrap_triton``: the implementation of a ``torch.library.triton_op``
+    (traced.py), whose trace then records the kernel itself and whose compiled graph
+    launches it from Inductor's code.  Run, not traced, it launches the kernel as triton
+    does."""
+    prev = _TRACED.on
+    _TRACED.on = True
+    try:
+        yield
+    finally:
+        _TRACED.on = prev
+
+
+def _wrapped(kernel, tensors, scalars, grid, opts):
+    from torch.library import wrap_triton
+    wrap_triton(kernel)[grid](*tensors, *scalars, **opts)
 
 
 def _tensor_key(tensors) -> tuple:
@@ -34,7 +62,7 @@ def launcher(kernel):
     with arguments ``(*tensors, *scalars)`` -- every parameter, constexprs included,
     in order -- on ``grid`` with launch ``opts`` (num_warps, num_stages).
     ``compiled`` is the plan's dict of compiled kernels."""
-    if INTERPRET:
+    if INTERPRET:   # a trace never takes the triton_op kind here (traced.TRITON_OPS)
         def run(compiled, tensors, scalars, grid, opts):
             with _INTERPRETER_LOCK:
                 kernel.run(*tensors, *scalars, grid=grid, warmup=False, **opts)
@@ -42,6 +70,8 @@ def launcher(kernel):
 
     if os.environ.get("TRITONNORM_DIRECT_LAUNCH", "1") == "0":
         def run(compiled, tensors, scalars, grid, opts):
+            if _TRACED.on:
+                return _wrapped(kernel, tensors, scalars, grid, opts)
             kernel.run(*tensors, *scalars, grid=grid, warmup=False, **opts)
         return run
     from triton.runtime.driver import driver
@@ -55,6 +85,8 @@ def _direct(kernel, driver):
     active = []
 
     def run(compiled, tensors, scalars, grid, opts):
+        if _TRACED.on:   # a triton_op's implementation (traceable)
+            return _wrapped(kernel, tensors, scalars, grid, opts)
         if not active:
             active.append(driver.active)
         device = active[0].get_current_device()
