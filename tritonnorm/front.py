@@ -155,13 +155,13 @@ def _int_shape(normalized_shape) -> bool:
         else all(type(d) is int for d in normalized_shape)))
 
 
-def steady_key(x: Tensor, *rest):
+def steady_key(x: Tensor, rest: tuple):
     """The memo key of a steady-state eager call (``ready``): x's shape, strides, dtype and
-    device, then ``rest`` -- or None where the call is not a plain eager one
+    device, and ``rest`` -- or None where the call is not a plain eager one
     (paths.plain_eager) or CUDA autocast may cast it."""
     if not paths.plain_eager(x) or (x.is_cuda and torch.is_autocast_enabled("cuda")):
         return None
-    return (x.shape, x.stride(), x.dtype, x.get_device()) + rest
+    return (x.shape, x.stride(), x.dtype, x.get_device(), rest)
 
 
 def placed(p: Optional[Tensor]):
@@ -199,7 +199,11 @@ def norm_rows(spec, x: Tensor, normalized_shape, weight: Optional[Tensor],
     (``ready``; issue 24)."""
     key = None
     if _int_shape(normalized_shape):
-        key = steady_key(x, spec, normalized_shape, eps, act, placed(weight), placed(bias))
+        key = steady_key(x, (spec, normalized_shape, eps, act,   # placed(), inlined: hot
+                             None if weight is None else (weight.shape, weight.stride(),
+                                                          weight.dtype, weight.get_device()),
+                             None if bias is None else (bias.shape, bias.stride(), bias.dtype,
+                                                        bias.get_device())))
         call = recall(key)
         if call is not None:
             return eager.run(x, weight, bias, None, call)

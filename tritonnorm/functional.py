@@ -77,7 +77,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     act = parse(activation, negative_slope, approximate)
     key = None
     if residual is None and type(num_groups) is int:   # 2.0 == 2 as a key; torch refuses it
-        key = steady_key(input, GROUP, num_groups, eps, act, placed(weight), placed(bias))
+        key = steady_key(input, (GROUP, num_groups, eps, act, placed(weight), placed(bias)))
         call = recall(key)
         if call is not None:
             return eager.run(input, weight, bias, None, call)
@@ -186,8 +186,8 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     parameters used as they are -- skips the checks: one memo lookup (issue 24)."""
     if momentum is None and num_batches_tracked is None:   # torch's argument parser
         raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, not NoneType")
-    key = steady_key(input, bool(training), eps, placed(weight), placed(bias),
-                     placed(running_mean), placed(running_var))
+    key = steady_key(input, (bool(training), eps, placed(weight), placed(bias),
+                             placed(running_mean), placed(running_var)))
     if key is not None:
         view = _BN_READY.get(key)
         if view is not None:

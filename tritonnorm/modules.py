@@ -26,6 +26,14 @@ def _param(m: nn.Module, name: str):
     return p[name] if name in p else getattr(m, name, None)
 
 
+def _affine(m: nn.Module):
+    """(weight, bias) of a layer, read like _param, in one call."""
+    p = m._parameters
+    if "weight" in p and "bias" in p:
+        return p["weight"], p["bias"]
+    return _param(m, "weight"), _param(m, "bias")
+
+
 def _buffer(m: nn.Module, name: str):
     """A layer's buffer (running_mean, ...), read like _param."""
     b = m._buffers
@@ -74,7 +82,7 @@ class LayerNorm(Activated, nn.LayerNorm):
             return TF.add_layer_norm(input, residual, self.normalized_shape, self.weight,
                                      self.bias, self.eps, **self.epilogue())
         if self.activation is None:   # torch's call, the functional layer's front (host time)
-            weight, bias = _param(self, "weight"), _param(self, "bias")
+            weight, bias = _affine(self)
             return norm_rows(LAYER, input, self.normalized_shape, weight, bias, self.eps)
         return TF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                              **self.epilogue())
@@ -108,7 +116,7 @@ class GroupNorm(Activated, nn.GroupNorm):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """act(group_norm(input) + residual)."""
         if self.activation is None and residual is None:   # torch's call (host time)
-            weight, bias = _param(self, "weight"), _param(self, "bias")
+            weight, bias = _affine(self)
             return TF.group_norm(input, self.num_groups, weight, bias, self.eps)
         return TF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
                              residual=residual, **self.epilogue())
@@ -180,9 +188,9 @@ def _batch_forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Te
     act(y + residual)."""
     self._check_input_dim(input)
     momentum, tracked, bn_training, running_mean, running_var = batch_step(self)
-    return TF.batch_norm_tracked(input, running_mean, running_var, _param(self, "weight"),
-                                 _param(self, "bias"), bn_training, momentum, self.eps, tracked,
-                                 self.act(), residual)
+    weight, bias = _affine(self)
+    return TF.batch_norm_tracked(input, running_mean, running_var, weight, bias, bn_training,
+                                 momentum, self.eps, tracked, self.act(), residual)
 
 
 class BatchNorm1d(Activated, nn.BatchNorm1d):

@@ -15,7 +15,9 @@ torch and tritonnorm are timed interleaved, round after round in one process, an
 each keeps its best round, so a noisy neighbour inflates neither side alone.
 "fwd+bwd" is ``m(x).backward(g)`` with ``g`` made once: autograd's own engine
 cost is in both columns.  "fwd no_grad" is the forward under torch.no_grad(), as
-in serving: no autograd node is recorded.
+in serving: no autograd node is recorded.  The "compiled step" row times one training
+step of a model of three norms under torch.compile (``three_norms``; the first call, which
+compiles, untimed).
 """
 import contextlib
 import csv
@@ -38,6 +40,19 @@ CASES = {
     "batch train": (lambda lib: lib.BatchNorm2d(16), (2, 16, 4, 4), True),
     "batch eval": (lambda lib: lib.BatchNorm2d(16), (2, 16, 4, 4), False),
 }
+# The compiled-step row: a model of three norms (BatchNorm, GroupNorm, LayerNorm) under
+# torch.compile (Inductor), one training step (forward, then backward of the sum), ours
+# against torch's own layers.  With compiled kernels Inductor launches ours from its code
+# (traced.py, triton_op); under the interpreter our ops are opaque calls into our Python.
+COMPILED = "compiled step"
+COMPILED_SHAPE = (2, 16, 4, 4)
+
+
+def three_norms(lib) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(16, 16, 1), lib.BatchNorm2d(16), lib.GroupNorm(4, 16),
+                         nn.Flatten(), lib.LayerNorm(16 * 4 * 4))
+
+
 COLUMNS = ["device", "torch", "triton", "timestamp", "case", "pass", "shape", "dtype",
            "torch_us", "tritonnorm_us", "ratio", "tensor_args"]
 _LAUNCHERS = ("_run_fwd", "_run_bwd", "_run_column_sum")
@@ -117,6 +132,13 @@ def _passes(layer, x, training: bool):
     return {"fwd": fwd, "fwd+bwd": fwd_bwd, "fwd no_grad": infer}
 
 
+def _step(model, x):
+    """A compiled model's training step: forward, then the backward of its sum."""
+    def step():
+        model(x).sum().backward()
+    return {"fwd+bwd": step}
+
+
 def measure(cases=None, calls: int = 300, rounds: int = 7, dtype=torch.float32):
     """Rows of (case, pass, torch us, tritonnorm us, ratio), best round of each."""
     on_gpu = torch.cuda.is_available()
@@ -126,12 +148,18 @@ def measure(cases=None, calls: int = 300, rounds: int = 7, dtype=torch.float32):
     spin = nn.LayerNorm(64).to(device, dtype)
     x0 = torch.randn(8, 64, device=device, dtype=dtype)
     _per_call_us(lambda: spin(x0), calls * rounds, on_gpu)
-    for name in cases or CASES:
-        make, shape, training = CASES[name]
-        x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
-        layers = {lib: make(mod).to(device, dtype).train(training)
-                  for lib, mod in (("torch", nn), ("tritonnorm", tritonnorm))}
-        fns = {lib: _passes(m, x, training) for lib, m in layers.items()}
+    for name in cases or list(CASES) + [COMPILED]:
+        if name == COMPILED:
+            shape = COMPILED_SHAPE
+            x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+            fns = {lib: _step(torch.compile(three_norms(mod).to(device, dtype)), x)
+                   for lib, mod in (("torch", nn), ("tritonnorm", tritonnorm))}
+        else:
+            make, shape, training = CASES[name]
+            x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+            layers = {lib: make(mod).to(device, dtype).train(training)
+                      for lib, mod in (("torch", nn), ("tritonnorm", tritonnorm))}
+            fns = {lib: _passes(m, x, training) for lib, m in layers.items()}
         for pass_ in fns["torch"]:
             best = {lib: float("inf") for lib in fns}
             with _no_launches() if not on_gpu else contextlib.nullcontext():
