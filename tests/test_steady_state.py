@@ -106,3 +106,54 @@ def test_bad_input_after_a_steady_state_call_still_gets_torchs_error():
     with pytest.raises(RuntimeError, match="normalized_shape") as mine:
         ours(x[:, :6])
     assert type(mine.value) is type(theirs.value)
+
+
+@pytest.mark.parametrize("name", ["layer", "rms", "group", "batch train"])
+def test_a_layer_whose_weight_was_deleted_fails_as_torchs(name):
+    """Layers read their parameters from the module's dict (host time); one that is gone
+    must raise torch's AttributeError, not run without it."""
+    ours, ref, x = _pair(name)
+    del ours.weight, ref.weight
+    with pytest.raises(AttributeError):
+        ref(x)
+    with pytest.raises(AttributeError, match="weight"):
+        ours(x)
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "group_norm", "batch_norm"])
+def test_a_tensor_eps_or_momentum_changed_in_place_is_read_anew(norm):
+    """torch's argument parser takes a 0-d tensor for eps and momentum, by its value at the
+    call; a memo keyed on the tensor (hashed by identity) would keep the old value."""
+    x = torch.randn(6, 4, device=DEVICE)
+    eps, momentum = torch.tensor(1e-5), torch.tensor(0.1)
+    stats = {lib: (torch.zeros(4, device=DEVICE), torch.ones(4, device=DEVICE))
+             for lib in (TF, F)}
+
+    def call(lib):
+        if norm == "layer_norm":
+            return lib.layer_norm(x, (4,), None, None, eps)
+        if norm == "group_norm":
+            return lib.group_norm(x, 2, None, None, eps)
+        return lib.batch_norm(x, *stats[lib], None, None, True, momentum, eps)
+    for lib in (TF, F):
+        call(lib)
+    eps.fill_(3.0)
+    momentum.fill_(0.9)
+    torch.testing.assert_close(call(TF), call(F), rtol=1e-5, atol=1e-5)
+    for a, b in zip(stats[TF], stats[F]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "group_norm"])
+def test_a_meta_weight_after_a_remembered_call_gets_a_device_error(norm):
+    """get_device() is -1 for the CPU and for meta alike: the key must still tell them apart."""
+    x, w = torch.randn(6, 4, device=DEVICE), torch.rand(4, device=DEVICE)
+
+    def call(weight):
+        if norm == "layer_norm":
+            return TF.layer_norm(x, (4,), weight)
+        return TF.group_norm(x, 2, weight)
+    call(w)
+    call(w)
+    with pytest.raises(RuntimeError, match="device"):
+        call(w.to("meta"))

@@ -12,6 +12,14 @@ from torch import Tensor
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def number(value):
+    """A float argument (eps, momentum) as a Python number: a 0-d tensor, which torch's
+    argument parser also reads, by its value now.  The host memos and launch plans key on
+    these values, and a tensor -- hashed by identity -- would keep the value it had when
+    it was remembered after an in-place change."""
+    return value.item() if isinstance(value, Tensor) else value
+
+
 def float_input(name: str, x: Tensor) -> None:
     if not x.is_floating_point():
         raise NotImplementedError(f'"{name}" not implemented for \'{x.dtype}\'')

@@ -166,8 +166,9 @@ def steady_key(x: Tensor, rest: tuple):
 
 def placed(p: Optional[Tensor]):
     """What a steady-state key holds of a tensor argument: shape, strides, dtype, device --
-    all that its checks and its use as it is (``flat``) read."""
-    return None if p is None else (p.shape, p.stride(), p.dtype, p.get_device())
+    all that its checks and its use as it is (``flat``) read.  The device is get_device(),
+    which is -1 for the CPU and for meta alike: is_meta tells them apart."""
+    return None if p is None else (p.shape, p.stride(), p.dtype, p.get_device(), p.is_meta)
 
 
 def recall(key):
@@ -198,12 +199,15 @@ def norm_rows(spec, x: Tensor, normalized_shape, weight: Optional[Tensor],
     copy, cast or reshape of x or its parameters -- is one memo lookup and eager.run
     (``ready``; issue 24)."""
     key = None
+    if type(eps) is not float:
+        eps = checks.number(eps)
     if _int_shape(normalized_shape):
         key = steady_key(x, (spec, normalized_shape, eps, act,   # placed(), inlined: hot
                              None if weight is None else (weight.shape, weight.stride(),
-                                                          weight.dtype, weight.get_device()),
+                                                          weight.dtype, weight.get_device(),
+                                                          weight.is_meta),
                              None if bias is None else (bias.shape, bias.stride(), bias.dtype,
-                                                        bias.get_device())))
+                                                        bias.get_device(), bias.is_meta)))
         call = recall(key)
         if call is not None:
             return eager.run(x, weight, bias, None, call)

@@ -75,6 +75,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     """torch's group_norm; act(group_norm(input) + residual) with the epilogue keywords.
     A steady-state eager call without a residual is one memo lookup (front.ready)."""
     act = parse(activation, negative_slope, approximate)
+    eps = checks.number(eps)
     key = None
     if residual is None and type(num_groups) is int:   # 2.0 == 2 as a key; torch refuses it
         key = steady_key(input, (GROUP, num_groups, eps, act, placed(weight), placed(bias)))
@@ -101,6 +102,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     """torch's instance_norm; act(instance_norm(input) + residual) with the epilogue
     keywords."""
     act = parse(activation, negative_slope, approximate)
+    eps, momentum = checks.number(eps), checks.number(momentum)
     if jit_tracing() or not use_triton(input):
         return compose(F.instance_norm(input, running_mean, running_var, weight, bias,
                                        use_input_stats, momentum, eps), residual, act)
@@ -186,6 +188,7 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     parameters used as they are -- skips the checks: one memo lookup (issue 24)."""
     if momentum is None and num_batches_tracked is None:   # torch's argument parser
         raise TypeError("batch_norm(): argument 'momentum' (position 7) must be float, not NoneType")
+    eps, momentum = checks.number(eps), checks.number(momentum)
     key = steady_key(input, (bool(training), eps, placed(weight), placed(bias),
                              placed(running_mean), placed(running_var)))
     if key is not None:

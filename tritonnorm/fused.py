@@ -24,6 +24,7 @@ from .spec import LAYER, RMS
 def _add_norm(spec, x: Tensor, residual: Tensor, normalized_shape, weight, bias, eps,
               act: Optional[Act] = None):
     checks.residual(x, residual)
+    eps = checks.number(eps)
     if (torch_path(x) or tracing(x) or transforming()
             or (x.is_cuda and torch.is_autocast_enabled("cuda"))):
         h = add(x, residual)

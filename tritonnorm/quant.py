@@ -98,6 +98,7 @@ def _composite(spec, x, k, normalized_shape, weight, bias, eps, residual, dtype,
 
 def _norm_quant(spec, x, normalized_shape, weight, bias, eps, residual, dtype, scale):
     scale = _check(x, weight, bias, residual, dtype, scale)
+    eps = checks.number(eps)
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if spec is RMS:
         eps = rms_eps(x, eps)

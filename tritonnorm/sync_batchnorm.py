@@ -205,13 +205,14 @@ class SyncBatchNorm(Activated, nn.SyncBatchNorm):
                           group)
 
     def _sync(self, input, residual, act, running_mean, running_var, momentum, tracked, group):
+        eps, momentum = checks.number(self.eps), checks.number(momentum)
         if composite.transforming():   # torch.func transforms, forward-mode AD
             running = None if running_mean is None else (running_mean, running_var, momentum,
                                                          tracked)
-            return composite_forward(input, self.weight, self.bias, self.eps, group, running,
+            return composite_forward(input, self.weight, self.bias, eps, group, running,
                                      act, residual)
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                           running_var, tracked, momentum, self.eps, group,
+                                           running_var, tracked, momentum, eps, group,
                                            residual, act)
 
     @classmethod
