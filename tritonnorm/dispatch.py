@@ -23,7 +23,7 @@ from ._runtime import target_programs
 from .launch import launcher
 from .plan import (Launch, acc_dtype, blocks, bwd_pointers, cdiv, dwb_slots, fwd_pointers,
                    geometry, kept, make_launch, param_count, scalars, tl_acc, w_mode)
-from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, rows_strided
+from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, new_output, rows_strided
 
 
 # Module globals, so the CPU host bench can stub them (bench_host).
@@ -104,10 +104,8 @@ def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=Non
 
 
 def _out(L: Launch, x, dtype=None):
-    """y (or dx) for x: x's dense layout, or row-major for strided rows (spec.out_like)."""
-    if L.dense_out:
-        return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
-    return torch.empty_like(x) if dtype is None else torch.empty_like(x, dtype=dtype)
+    """y (or dx) for x under plan L (spec.new_output)."""
+    return new_output(x, L.dense_out, dtype)
 
 
 class Plain(NamedTuple):
@@ -135,7 +133,7 @@ def run_plain(plan: Plain, x, weight, bias):
     Its pointers are x, y, weight and bias where given (HAS_W, HAS_B), the statistics and
     nothing else (plan.fwd_pointers): no plan.kept to pass through."""
     L = plan.L
-    y = torch.empty_like(x) if not L.dense_out else _out(L, x)
+    y = _out(L, x)
     stats = x.new_empty(2 * L.rows,
                         dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     _run_fwd(L.compiled, (x, y, weight, bias, stats, None, None, None, None, None, None, None,

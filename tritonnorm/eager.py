@@ -23,15 +23,9 @@ class EagerNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, post, call):
-        view, spec, eps, stats, running, with_stats, act, plan = call
-        mask = None
-        if plan is not None:
-            y, saved = run_plain(plan, x, weight, bias)
-        else:
-            mean, var = stats if stats is not None else (None, None)
-            mask = None if post is None else sign_mask(x, post, act)
-            y, saved = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
-                                   act=act, post=post, mask=mask)
+        with_stats, act = call[5], call[6]
+        mask = None if post is None else sign_mask(x, post, act)
+        y, saved = _forward(x, weight, bias, post, call, mask)
         # With an activation the backward recomputes z: from the bias and the residual, or
         # the residual's part from the sign mask (relu, leaky_relu).  Without one, x and
         # the weight alone (each tensor saved costs host time).
@@ -119,14 +113,18 @@ def run(x, weight, bias, post, call):
             return _apply(x, weight, bias, post, call)
         y, saved = _apply(x, weight, bias, post, call)
         return (y, *mean_rstd(saved))
-    view, spec, eps, stats, running, with_stats, act, plan = call
+    y, saved = _forward(x, weight, bias, post, call)
+    return (y, *mean_rstd(saved)) if call[5] else y
+
+
+def _forward(x, weight, bias, post, call, mask=None):
+    """(y, statistics) of ``call``: its memoised plain launch, or row_forward."""
+    view, spec, eps, stats, running, _, act, plan = call
     if plan is not None:
-        y, saved = run_plain(plan, x, weight, bias)
-    else:
-        mean, var = stats if stats is not None else (None, None)
-        y, saved = row_forward(x, view, spec, weight, bias, eps, mean, var, running,
-                               act=act, post=post)
-    return (y, *mean_rstd(saved)) if with_stats else y
+        return run_plain(plan, x, weight, bias)
+    mean, var = stats if stats is not None else (None, None)
+    return row_forward(x, view, spec, weight, bias, eps, mean, var, running, act=act,
+                       post=post, mask=mask)
 
 
 class AddNorm(torch.autograd.Function):

@@ -107,9 +107,15 @@ def rows_strided(view: RowView, spec: ReductionSpec) -> bool:
 
 def out_like(x: torch.Tensor, view: RowView, spec: ReductionSpec, dtype=None) -> torch.Tensor:
     """An output (y, dx) for input x: x's dense layout, or row-major for strided rows."""
-    if rows_strided(view, spec):
+    return new_output(x, rows_strided(view, spec), dtype)
+
+
+def new_output(x: torch.Tensor, row_major: bool, dtype=None) -> torch.Tensor:
+    """out_like with rows_strided decided (a launch plan holds it): row-major, or x's
+    dense layout."""
+    if row_major:
         return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
-    return torch.empty_like(x, dtype=dtype)
+    return torch.empty_like(x) if dtype is None else torch.empty_like(x, dtype=dtype)
 
 
 def _channel_format(x: torch.Tensor) -> torch.memory_format:
