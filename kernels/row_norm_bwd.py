@@ -164,6 +164,28 @@ def _given_sums(Part_ptr, r, rmask, n_part, PHASE: tl.constexpr, ACC: tl.constex
 
 
 @triton.jit
+def _part_w(w, DWB_PARTS: tl.constexpr):
+    """The weight of a partials pass's row sums: w, or 1 with DWB_PARTS, whose partials
+    are sum dz*xhat and sum dz -- dw and db of a row's parameter once merged."""
+    if DWB_PARTS:
+        return 1.0
+    else:
+        return w
+
+
+@triton.jit
+def _dwb_from_parts(DWB_ptr, DB_ptr, a1, a2, g0, rmask, p, Cw, BLOCK_G: tl.constexpr):
+    """DWB_PARTS: merged (sum dz*xhat, sum dz) of rows that each own a parameter (BatchNorm's
+    channels) are dw and db themselves: stored once, by the rows' first split program.  The
+    row's w then multiplies the whole of dx (_dx), not the sums."""
+    # A predicated store, not a branch on p: ptxas split the partials' loads around the
+    # branch and issued them one round trip each (BatchNorm 32x256x56x56 bf16 NHWC merge
+    # pass: 31 DRAM round trips, 75 us against 42; ../shared/tools/sass_model.py).
+    first = (tl.arange(0, BLOCK_G) * 0 + p) == 0
+    _store_dwb(DWB_ptr, DB_ptr, 0, Cw, g0 + tl.arange(0, BLOCK_G), rmask & first, a1, a2, True)
+
+
+@triton.jit
 def _row_means(a1, a2, M):
     """mean(w*dy*xhat) and mean(w*dy) of rows of M elements, shaped for the tile.  Divided
     once on the tile's layout, where a thread holds the rows of one vector at most: in the
@@ -176,9 +198,16 @@ def _row_means(a1, a2, M):
 
 
 @triton.jit
-def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr):
-    """(dx, xhat) of one tile; mean/rstd/c1/c2 per row, shaped for the tile (per_row)."""
+def _dx(x, dy, w, mean, rstd, c1, c2, CENTER: tl.constexpr, DWB_PARTS: tl.constexpr = False):
+    """(dx, xhat) of one tile; mean/rstd/c1/c2 per row, shaped for the tile (per_row).  With
+    DWB_PARTS, c1 and c2 are unweighted (mean(dy * xhat), mean(dy)) and w, one a row,
+    multiplies the whole: w * (dy - xhat * c1 - c2) = wdy - xhat * mean(wdy * xhat) - mean(wdy)."""
     xhat = (x - mean) * rstd if CENTER else x * rstd
+    if DWB_PARTS:
+        dx = dy - xhat * c1
+        if CENTER:
+            dx = dx - c2
+        return dx * (w * rstd), xhat
     dx = w * dy - xhat * c1
     if CENTER:
         dx = dx - c2
@@ -225,6 +254,7 @@ def row_norm_bwd(
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, DWB_FINAL: tl.constexpr,
+    DWB_PARTS: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -236,7 +266,10 @@ def row_norm_bwd(
 
     The two row means come from the resident tile or a first walk over the row
     (PHASE 0), from n_part partials (PHASE 2), or are 0 when the statistics are
-    constants (PHASE 3: dx = rstd * wdy).  TILE_OUTER (LayerNorm/RMSNorm rows
+    constants (PHASE 3: dx = rstd * wdy).  DWB_PARTS (rows that each own a parameter,
+    split, BatchNorm): the partials are unweighted, sum dz*xhat and sum dz, so merged they
+    are dw and db of the row, stored by the merge pass with no column sum after; the row
+    sums are those times w.  TILE_OUTER (LayerNorm/RMSNorm rows
     longer than a tile, row sums given) swaps the loops, tiles outside and
     rows inside, so a tile's dw/db sum over all of the program's rows stays in
     registers.
@@ -304,9 +337,11 @@ def row_norm_bwd(
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
+                if DWB_PARTS and DWB_FINAL:
+                    _dwb_from_parts(DWB_ptr, DB_ptr, a1, a2, g0, rmask, p, Cw, BLOCK_G)
             elif RESIDENT:
-                a1 = sum_tile(w * dy * xhat)
-                a2 = sum_tile(w * dy)
+                a1 = sum_tile(_part_w(w, DWB_PARTS) * dy * xhat)
+                a2 = sum_tile(_part_w(w, DWB_PARTS) * dy)
                 if PHASE == 1:
                     _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
             else:
@@ -318,8 +353,8 @@ def row_norm_bwd(
                         sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
                         W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S,
                         EVEN)
-                    l1 += w * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
-                    l2 += w * dy
+                    l1 += _part_w(w, DWB_PARTS) * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
+                    l2 += _part_w(w, DWB_PARTS) * dy
                     _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
                 a1 = sum_js(l1)
                 a2 = sum_js(l2)
@@ -330,7 +365,7 @@ def row_norm_bwd(
             else:
                 c1, c2 = _row_means(a1, a2, M)
                 if RESIDENT:
-                    dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
+                    dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER, DWB_PARTS)
                     _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
                     if NEED_DWB:
                         if W_MODE == 1:
@@ -358,7 +393,7 @@ def row_norm_bwd(
                             rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
                             0 if PHASE == 0 and ADD_Y else ACT, ADD_Y, MASK, ACC, BLOCK_G,
                             BLOCK_J, BLOCK_S, EVEN)
-                        dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER)
+                        dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER, DWB_PARTS)
                         _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES,
                                   ADD_Y and PHASE != 0)
                         if NEED_DWB:

@@ -143,14 +143,24 @@ def test_an_eager_batchnorm_training_forward_is_its_kernels_and_one_add(tiling, 
 
 # Backwards in which one program sums each parameter (dispatch's one-slot plan): a
 # BatchNorm whose channels are each one resident tile, a LayerNorm of 2 long rows in one
-# row block (its programs split the columns), a GroupNorm of one sample.
+# row block (its programs split the columns), a GroupNorm of one sample -- and BatchNorms
+# whose channels are split over programs, whose merged partials are dw and db (DWB_PARTS),
+# in both layouts and with a ragged last chunk.  The last field: the backward's launches.
 ONE_SLOT = {
-    "batch": (lambda: tritonnorm.BatchNorm2d(6), lambda: torch.nn.BatchNorm2d(6), (4, 6, 5, 3), {}),
+    "batch": (lambda: tritonnorm.BatchNorm2d(6), lambda: torch.nn.BatchNorm2d(6), (4, 6, 5, 3),
+              {}, 1),
+    "batch split": (lambda: tritonnorm.BatchNorm2d(6), lambda: torch.nn.BatchNorm2d(6),
+                    (4, 6, 5, 3), {"max_tile": 8, "split": 3}, 2),
+    "batch split channels_last": (lambda: tritonnorm.BatchNorm2d(6),
+                                  lambda: torch.nn.BatchNorm2d(6), (4, 6, 5, 3, "cl"),
+                                  {"max_tile": 16, "split": 4}, 2),
+    "batch1d split": (lambda: tritonnorm.BatchNorm1d(5), lambda: torch.nn.BatchNorm1d(5),
+                      (7, 5, 9), {"max_tile": 8, "split": 5}, 2),
     "layer 2 long rows": (lambda: tritonnorm.LayerNorm(96), lambda: torch.nn.LayerNorm(96),
                           (2, 96),
-                          {"max_tile": 32, "split": 3, "programs": 1}),
+                          {"max_tile": 32, "split": 3, "programs": 1}, 2),
     "group 1 sample": (lambda: tritonnorm.GroupNorm(3, 6), lambda: torch.nn.GroupNorm(3, 6),
-                       (1, 6, 5, 3), {}),
+                       (1, 6, 5, 3), {}, 1),
 }
 
 
@@ -162,9 +172,13 @@ def test_a_backward_with_one_program_per_parameter_writes_dw_db_without_a_column
     themselves, in the parameters' dtype, as two tensors that share no storage (custom
     ops' outputs may not alias); no column sum is launched.  Torch is the oracle."""
     from tritonnorm import config, dispatch
-    make, make_ref, shape, tiling = ONE_SLOT[name]
-    sums = []
+    make, make_ref, shape, tiling, n_bwd = ONE_SLOT[name]
+    cl = shape[-1] == "cl"
+    shape = shape[:-1] if cl else shape
+    sums, bwd = [], []
     monkeypatch.setattr(dispatch, "_run_column_sum", lambda *a: sums.append(a))
+    run_bwd = dispatch._run_bwd
+    monkeypatch.setattr(dispatch, "_run_bwd", lambda *a: (bwd.append(a), run_bwd(*a)))
     torch.manual_seed(0)
     layer, ref = make().to(DEVICE, param_dtype), make_ref().to(DEVICE, param_dtype)
     with torch.no_grad():
@@ -172,10 +186,13 @@ def test_a_backward_with_one_program_per_parameter_writes_dw_db_without_a_column
         ref.load_state_dict(layer.state_dict())
     x = torch.randn(shape, device=DEVICE, dtype=param_dtype)
     g = torch.randn(shape, device=DEVICE, dtype=param_dtype)
+    if cl:
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
     with config.override(**tiling):
         _, grads, _ = _run(layer, x, g)
     _, want, _ = _run(ref, x, g)
     assert not sums
+    assert len(bwd) == n_bwd   # split: a partials pass, then the merge that stores dw, db
     dw, db = grads[1:]
     assert dw.dtype == db.dtype == param_dtype
     assert dw.untyped_storage().data_ptr() != db.untyped_storage().data_ptr()

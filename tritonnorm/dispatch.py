@@ -23,7 +23,7 @@ from ._runtime import target_programs
 from .launch import launcher
 from .plan import (Launch, acc_dtype, blocks, bwd_pointers, cdiv, dwb_slots, fwd_pointers,
                    geometry, kept, make_launch, param_count, scalars, tl_acc, w_mode)
-from .spec import W_BY_ELEMENT, ReductionSpec, RowView, kernel_view, new_output, rows_strided
+from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, kernel_view, new_output, rows_strided
 
 
 # Module globals, so the CPU host bench can stub them (bench_host).
@@ -204,6 +204,15 @@ def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
     return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
 
 
+def _dwb_parts(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part) -> bool:
+    """A split backward whose rows each own one parameter (BatchNorm: rows are channels, and
+    its view has one sample) and whose partials are all local (not SyncBatchNorm's, whose
+    dw/db sum this rank's batch only, while its partials span every rank): the merged
+    partials are dw and db (row_norm_bwd's DWB_PARTS), so the column sum of per-program
+    dw/db scratch -- a launch, and its scratch -- goes."""
+    return n_part is None and view.N == 1 and w_mode(view, spec, cfg) == W_BY_ROW
+
+
 class _Backward(NamedTuple):
     """A backward's memoised plan: its main launch, and the partials launch
     (PHASE 1) where rows are split."""
@@ -215,16 +224,21 @@ class _Backward(NamedTuple):
 
 
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
-                has_dres=False, has_b=False, epi=(0, False, False), final=False) -> Launch:
+                has_dres=False, has_b=False, epi=(0, False, False), final=False,
+                parts=False) -> Launch:
     """``final``: the dw/db scratch would have one slot, so the kernel stores dw and db
-    themselves (DWB_FINAL) and no column sum follows."""
+    themselves (DWB_FINAL) and no column sum follows.  ``parts`` (DWB_PARTS): dw and db
+    come from the merged partials (_dwb_parts), not from the merge pass's walk."""
+    if parts and phase == 1:
+        # The unweighted partials need w only to recompute z for an activation.
+        has_w = has_w and epi[0] != 0 and not epi[2]
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
-                  NEED_DWB=need_dwb and phase != 1, W_MODE=w_mode(view, spec, cfg),
+                  NEED_DWB=need_dwb and phase != 1 and not parts, W_MODE=w_mode(view, spec, cfg),
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), True),
-                  DWB_FINAL=final and need_dwb and phase != 1)
+                  DWB_FINAL=final and need_dwb and phase != 1, DWB_PARTS=parts)
     ints = geometry(view, spec, cfg, n_part) + ((0, 0) if phase == 3 else (view.G, view.rows)) + (
         param_count(view, spec),)
     return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
@@ -246,19 +260,21 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     cfg = config.row_config(view, x, spec, "bwd")
     cw = param_count(view, spec)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
-    slots = dwb_slots(view, spec, cfg, nprog)
     part = None
+    split = not fixed and (n_part is not None or cfg.SPLIT > 1 or _tile_outer(spec, cfg))
+    parts = split and need_dwb and _dwb_parts(view, spec, cfg, n_part)
+    slots = 1 if parts else dwb_slots(view, spec, cfg, nprog)
     flags = (has_dres, has_b, epi, slots == 1)
     if fixed:
         main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
-    elif n_part is None and cfg.SPLIT == 1 and not _tile_outer(spec, cfg):
+    elif not split:
         main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
     else:
-        part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags)
+        part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags, parts)
         if epi[1]:   # the partials pass stored dz (the residual's gradient): the merge reads it
             flags = (has_dres, False, (0, False, False), slots == 1)
         main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
-                           *flags)
+                           *flags, parts)
     plan = _Backward(main, part, slots, cw, float(view.Cg * view.S))
     return config.remember(_BWD, key, plan)
 

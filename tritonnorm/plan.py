@@ -84,6 +84,8 @@ def bwd_pointers(c: dict) -> set:
         used.add("Part_ptr")
     if c["NEED_DWB"]:
         used |= {"DWB_ptr", "DB_ptr"} if c["DWB_FINAL"] else {"DWB_ptr"}
+    if c["DWB_PARTS"] and c["DWB_FINAL"]:   # dw, db from the merged partials
+        used |= {"DWB_ptr", "DB_ptr"}
     if c["HAS_DRES"]:
         used.add("DH_ptr")
     if c["ACT"] and c["MASK"]:
