@@ -274,8 +274,15 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
             # padded (bf16 fwd+bwd 162 -> 142 us).  fp32 stays at cap / 8: its [16, 256]
             # tiles, four 16-byte loads a thread, had them issued one at a time (265 -> 299).
             # ../shared/tools/sass_model.py, triton 3.6.
+            # A strided walked axis (BatchNorm NHWC: positions, C apart) in half precision
+            # looks no further than cap / 2: at 32x2048x7x7 the divisor 32 of 1568 made the
+            # forward's tiles [32, 32], 2 warps, 6 tiles a program, 23 us in two passes;
+            # [32, 128] tiles padding S by 6 % took 14 (fp32 lost by it: 57 -> 65).
+            depth = 16 if x.element_size() <= 2 else 8
+            if i > 0 and x.element_size() <= 2:
+                depth = 2
             cap = _low_waste(sizes[a], cap, max(1, 128 // x.element_size()) if i == 0 else 0,
-                             16 if x.element_size() <= 2 else 8)
+                             depth)
         if a == "g":
             # Packing rows into one program must not starve the GPU of programs...
             cap = min(cap, _p2(max(1, view.rows // target)))
