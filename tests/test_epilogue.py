@@ -189,8 +189,35 @@ def test_bad_activation_is_refused():
         tritonnorm.BatchNorm2d(4, activation="tanh")
     with pytest.raises(ValueError, match="approximate"):
         TF.group_norm(torch.randn(2, 4, 3), 2, activation="gelu", approximate="fast")
-    with pytest.raises(RuntimeError, match="residual"):
+    # A residual that does not broadcast against x: torch's error for the add.
+    with pytest.raises(RuntimeError, match="must match the size"):
         TF.batch_norm(torch.randn(2, 4, 3), None, None, training=True, residual=torch.randn(2, 4))
+
+
+# Residuals of another shape: they broadcast as torch's + does, either way round.
+BROADCASTS = {"per channel": (4, 1), "0-d": (), "per sample": (2, 1, 1),
+              "x broadcasts to it": (3, 2, 4, 5)}
+NORMS = {"batch": lambda x, r: TF.batch_norm(x, None, None, training=True, residual=r,
+                                             activation="relu"),
+         "group": lambda x, r: TF.group_norm(x, 2, residual=r, activation="silu"),
+         "instance": lambda x, r: TF.instance_norm(x, residual=r, activation="gelu")}
+TORCH = {"batch": lambda x, r: F.relu(F.batch_norm(x, None, None, training=True) + r),
+         "group": lambda x, r: F.silu(F.group_norm(x, 2) + r),
+         "instance": lambda x, r: F.gelu(F.instance_norm(x) + r)}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("shape", BROADCASTS)
+def test_a_residual_that_broadcasts_gives_torch_result(norm, shape, device):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5, device=device, requires_grad=True)
+    r = torch.randn(BROADCASTS[shape], device=device, requires_grad=True)
+    y, y_ref = NORMS[norm](x, r), TORCH[norm](x, r)
+    torch.testing.assert_close(y, y_ref)
+    dy = torch.randn_like(y)
+    got, want = (torch.autograd.grad(out, (x, r), dy) for out in (y, y_ref))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_residual_of_another_dtype_follows_torch_promotion(device):

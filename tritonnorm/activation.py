@@ -66,6 +66,16 @@ def apply(y: Tensor, act: Optional[Act]) -> Tensor:
     return F.leaky_relu(y, act.slope)
 
 
+def outside(x: Tensor, residual: Optional[Tensor]) -> bool:
+    """A residual the kernels cannot read as they read x -- another shape (one that
+    broadcasts: a time embedding ``emb[:, :, None, None]``, a per-channel parameter, a 0-d
+    tensor, or a larger tensor that x broadcasts to), dtype or device: act(norm(x) +
+    residual) then runs in torch ops after the kernel (``compose``), with torch's
+    broadcasting, type promotion and errors."""
+    return residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
+                                     or residual.device != x.device)
+
+
 def compose(y: Tensor, residual: Optional[Tensor], act: Optional[Act]) -> Tensor:
     """act(y + residual) in torch ops."""
     return apply(y if residual is None else y + residual, act)

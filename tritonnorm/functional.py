@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import checks, config, eager
 from ._runtime import use_triton
-from .activation import Act, compose, parse
+from .activation import Act, compose, outside, parse
 from .front import (autocast, flat, group_view, jit_tracing, norm_rows, offset_weight,
                     placed, ready, recall, steady_key, torch_path)
 from .fused import add_layer_norm, add_rms_norm
@@ -36,13 +36,12 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
 
 
 def _epilogue(x: Tensor, view, residual: Optional[Tensor]):
-    """(post, outside): the residual as the kernels read it (x's dtype, device and
-    strides), or, where it differs from x in dtype or device, ``outside``: the
-    epilogue then runs in torch ops after the kernel, with torch's type promotion."""
+    """(post, outside): the residual as the kernels read it (x's strides), or, where it
+    differs from x in shape, dtype or device, ``outside`` (activation.outside): the
+    epilogue then runs in torch ops after the kernel."""
     if residual is None:
         return None, False
-    checks.residual(x, residual)
-    if residual.dtype != x.dtype or residual.device != x.device:
+    if outside(x, residual):
         return None, True
     return match_layout(residual, view), False
 

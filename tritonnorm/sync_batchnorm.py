@@ -25,7 +25,7 @@ from torch import Tensor
 
 from . import checks, composite
 from . import functional as TF
-from .activation import compose
+from .activation import compose, outside
 from ._runtime import use_triton
 from .dispatch import (Epilogue, backward_partials, forward_partials, row_backward, row_forward,
                        sign_mask)
@@ -196,11 +196,9 @@ class SyncBatchNorm(Activated, nn.SyncBatchNorm):
         if group is None or dist.get_world_size(group) == 1:
             return TF.batch_norm_tracked(input, running_mean, running_var, self.weight, self.bias,
                                          bn_training, momentum, self.eps, tracked, act, residual)
-        if residual is not None:
-            checks.residual(input, residual)
-            if residual.dtype != input.dtype or residual.device != input.device:
-                return compose(self._sync(input, None, None, running_mean, running_var, momentum,
-                                          tracked, group), residual, act)
+        if outside(input, residual):   # torch ops for the add and activation
+            return compose(self._sync(input, None, None, running_mean, running_var, momentum,
+                                      tracked, group), residual, act)
         return self._sync(input, residual, act, running_mean, running_var, momentum, tracked,
                           group)
 
