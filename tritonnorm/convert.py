@@ -86,8 +86,11 @@ def _fuse(module: nn.Module, concrete_args, report: List[Swap]) -> nn.Module:
         report.append(Swap("", hf.qualname(type(module)),
                            f"not fused: torch.fx could not trace it ({why})"))
         return module
-    for name, pattern, epilogue in fused:
+    for name, pattern, epilogue, *why in fused:
         before = f"tritonnorm.{type(gm.get_submodule(name)).__name__} + {pattern}"
+        if why:
+            report.append(Swap(name, before, f"not fused: {why[0]}"))
+            continue
         report.append(Swap(name, before, f"fused: {epilogue}"
                            + (", residual" if pattern != "act" else "")))
     return gm

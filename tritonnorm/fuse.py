@@ -7,7 +7,21 @@ SyncBatchNorm, GroupNorm or InstanceNorm whose only user is an add whose only us
 activation -- ``act(bn(x) + y)``, ``out += identity; relu(out)`` -- takes the add as its
 residual too.  Each fused norm is a new module of the same class sharing the original's
 parameters and buffers, at the same qualified name, so the state_dict keys stay.
+
+What makes the add legal to fuse (each checked, or the add is left alone and the report
+says why):
+
+* the residual may have any shape, dtype and device: the fused module's call falls back
+  to torch ops for the add and activation where it differs from x's (functional._epilogue),
+  so a broadcast operand -- a time embedding ``emb[:, :, None, None]``, a per-channel
+  parameter, a 0-d buffer, an x smaller than y -- gives torch's result;
+* the norm moves from its own place to the add's, so nothing between the two may mutate
+  anything or hold state: no in-place op (``inplace=True``, ``relu_``, ``+=``, setitem, a
+  method ending in ``_``), no impure call, no call of a module with buffers or
+  ``inplace=True``.  Any of them could change the norm's input (or an alias of it) or see
+  the norm's running statistics out of order.
 """
+import inspect
 import copy
 import operator
 from typing import List, Optional, Tuple
@@ -75,6 +89,74 @@ def _is_add(node: fx.Node) -> bool:
     return (plain or method) and len(node.args) == 2
 
 
+# In-place operator functions (``out += r``): they mutate their first operand.
+_INPLACE_OPS = {getattr(operator, n) for n in (
+    "iadd", "iand", "iconcat", "ifloordiv", "ilshift", "imatmul", "imod", "imul", "ior", "ipow",
+    "irshift", "isub", "itruediv", "ixor", "setitem", "delitem")}
+
+
+def _inplace_keyword(target, args, kwargs) -> bool:
+    """True when a call binds ``inplace=True`` (keyword or positional, as F.relu(x, True))."""
+    if kwargs.get("inplace") is True:
+        return True
+    try:
+        bound = inspect.signature(target).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):   # builtins without a signature; a call fx would refuse
+        return False
+    return bound.arguments.get("inplace") is True
+
+
+# Norm layers (torch's and ours, which subclass them): their forward's one side effect is
+# the update of their own running statistics.
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+def _storages(m: nn.Module) -> set:
+    return {b.untyped_storage().data_ptr() for b in m.buffers()}
+
+
+def side_effect(n: fx.Node, modules: dict, moved: nn.Module) -> Optional[str]:
+    """Why moving module ``moved``'s call past node ``n`` may change a result, or None: ``n``
+    mutates a tensor (in place), is impure, or calls a module with state -- other than a
+    norm layer whose buffers share no storage with ``moved``'s (a ResNet shortcut's
+    BatchNorm between the block's last norm and its add): such a call changes only its own
+    running statistics, which the moved norm neither reads nor writes."""
+    if n.op == "call_module":
+        m = modules.get(n.target)
+        if getattr(m, "inplace", False) is True:
+            return f"in-place module {n.target}"
+        if m is not None and next(m.buffers(), None) is not None:
+            mine = _storages(moved)
+            if not (isinstance(m, _NORM_LAYERS) and not (_storages(m) & mine) and 0 not in mine):
+                return f"a call of {n.target}, a module with state (buffers)"
+        return "an impure call" if n.is_impure() else None
+    if n.op == "call_method":
+        name = str(n.target)
+        if name in ("__setitem__", "__delitem__") or (name.endswith("_") and not name.endswith("__")):
+            return f"in-place method .{name}()"
+        return "an impure call" if n.is_impure() else None
+    if n.op == "call_function":
+        name = getattr(n.target, "__name__", str(n.target))
+        if n.target in _INPLACE_OPS or (name.endswith("_") and not name.endswith("__")):
+            return f"in-place {name}"
+        if _inplace_keyword(n.target, n.args, n.kwargs):
+            return f"{name}(inplace=True)"
+        return "an impure call" if n.is_impure() else None
+    return None
+
+
+def _between(first: fx.Node, last: fx.Node, modules: dict) -> Optional[str]:
+    """Why ``first`` (a norm's call) may not move to ``last``'s place: the first side effect
+    between them."""
+    n = first.next
+    while n is not last:
+        why = side_effect(n, modules, modules[first.target])
+        if why is not None:
+            return f"{why} runs between the norm and the add"
+        n = n.next
+    return None
+
+
 def _only_user(node: fx.Node) -> Optional[fx.Node]:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
@@ -104,7 +186,8 @@ def _twin(m: nn.Module, epilogue: dict) -> nn.Module:
 def fuse(model: nn.Module, concrete_args=None) -> Tuple[Optional[fx.GraphModule], List[tuple],
                                                          Optional[str]]:
     """(graph module, [(norm name, pattern, epilogue text)], None), or (None, [], why) when
-    the model does not trace."""
+    the model does not trace.  A pattern that was found but may not be fused comes as
+    (norm name, pattern, None, why it was refused)."""
     try:
         tracer = _Tracer()
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -139,6 +222,10 @@ def fuse(model: nn.Module, concrete_args=None) -> Tuple[Optional[fx.GraphModule]
             epilogue = None if act is None else activation_of(act, modules)
             if (epilogue is None or act.args[0] is not user or not isinstance(other, fx.Node)
                     or other is node):
+                continue
+            why = _between(node, user, modules)
+            if why is not None:
+                fused.append((node.target, "add + act", None, why))
                 continue
             user.prepend(node)   # after the residual is computed: the add's place
             node.kwargs = {"residual": other}
