@@ -60,6 +60,14 @@ _ROW_NORMS = {LAYER: ("LayerNormKernelImpl", "layer_norm", True),
               RMS: ("rms_norm", "rms_norm", False), RMS_CAST: ("rms_norm", "rms_norm", False)}
 
 
+def untraced(x: Tensor) -> bool:
+    """Not in a trace (paths.tracing): only then may a memo key hold x's sizes.  In a trace
+    they may be symbolic: a dict lookup on them makes dynamo guard on each size -- a
+    recompile for every new batch or sequence length -- and torch.export cannot hash them
+    at all.  A trace runs the checks each time it traces, which is once."""
+    return not paths.tracing(x)
+
+
 def _meta(p: Optional[Tensor]):
     return None if p is None else (p.shape, p.dtype)
 
@@ -68,8 +76,8 @@ def rows(spec, x: Tensor, normalized_shape, weight, bias, strided: bool = False)
     """(x made contiguous, its RowView) after the checks of checks.normalized; with
     ``strided``, x itself where its rows can be read in place (spec.row_layout).  The
     checks and the view are memoised on what they read, so a steady-state call pays a
-    dict lookup, not the checks."""
-    hashable = _int_shape(normalized_shape)   # only ints in the key
+    dict lookup, not the checks -- except in a trace (``untraced``)."""
+    hashable = _int_shape(normalized_shape) and untraced(x)   # only ints in the key
     hit = None
     if hashable:
         key = (spec, x.shape, x.stride() if strided else None, x.dtype, normalized_shape,
@@ -93,11 +101,12 @@ def group_view(x: Tensor, num_groups: int, weight, bias):
     """(view, dense) of a GroupNorm call after its checks, memoised like ``rows``;
     ``dense``: x is addressed as it is (else it is made contiguous first)."""
     checks.integer("group_norm", "num_groups", 2, num_groups)   # before the key: 2.0 == 2
-    key = (GROUP, x.shape, x.stride(), x.dtype, num_groups, _meta(weight),
-           _meta(bias))
-    hit = _VIEWS.get(key)
-    if hit is not None:
-        return hit
+    key = None
+    if untraced(x):
+        key = (GROUP, x.shape, x.stride(), x.dtype, num_groups, _meta(weight), _meta(bias))
+        hit = _VIEWS.get(key)
+        if hit is not None:
+            return hit
     if x.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {x.dim()}")
     c = x.shape[1]
@@ -110,6 +119,8 @@ def group_view(x: Tensor, num_groups: int, weight, bias):
     checks.float_input("GroupNormKernelImpl", x)
     checks.param_dtypes(x, weight, bias)
     xv, view = channel_layout(x, num_groups)
+    if key is None:
+        return view, xv is x
     return config.remember(_VIEWS, key, (view, xv is x))
 
 
