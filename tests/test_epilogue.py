@@ -197,22 +197,24 @@ def test_bad_activation_is_refused():
 # Residuals of another shape: they broadcast as torch's + does, either way round.
 BROADCASTS = {"per channel": (4, 1), "0-d": (), "per sample": (2, 1, 1),
               "x broadcasts to it": (3, 2, 4, 5)}
-NORMS = {"batch": lambda x, r: TF.batch_norm(x, None, None, training=True, residual=r,
-                                             activation="relu"),
-         "group": lambda x, r: TF.group_norm(x, 2, residual=r, activation="silu"),
-         "instance": lambda x, r: TF.instance_norm(x, residual=r, activation="gelu")}
-TORCH = {"batch": lambda x, r: F.relu(F.batch_norm(x, None, None, training=True) + r),
-         "group": lambda x, r: F.silu(F.group_norm(x, 2) + r),
-         "instance": lambda x, r: F.gelu(F.instance_norm(x) + r)}
+BROADCAST_OURS = {
+    "batch": lambda x, r: TF.batch_norm(x, None, None, training=True, residual=r,
+                                        activation="relu"),
+    "group": lambda x, r: TF.group_norm(x, 2, residual=r, activation="silu"),
+    "instance": lambda x, r: TF.instance_norm(x, residual=r, activation="gelu")}
+BROADCAST_TORCH = {
+    "batch": lambda x, r: F.relu(F.batch_norm(x, None, None, training=True) + r),
+    "group": lambda x, r: F.silu(F.group_norm(x, 2) + r),
+    "instance": lambda x, r: F.gelu(F.instance_norm(x) + r)}
 
 
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", BROADCAST_OURS)
 @pytest.mark.parametrize("shape", BROADCASTS)
 def test_a_residual_that_broadcasts_gives_torch_result(norm, shape, device):
     torch.manual_seed(0)
     x = torch.randn(2, 4, 5, device=device, requires_grad=True)
     r = torch.randn(BROADCASTS[shape], device=device, requires_grad=True)
-    y, y_ref = NORMS[norm](x, r), TORCH[norm](x, r)
+    y, y_ref = BROADCAST_OURS[norm](x, r), BROADCAST_TORCH[norm](x, r)
     torch.testing.assert_close(y, y_ref)
     dy = torch.randn_like(y)
     got, want = (torch.autograd.grad(out, (x, r), dy) for out in (y, y_ref))
