@@ -67,6 +67,31 @@ BAD_INPUT = [
         torch.randn(4, 3), torch.zeros(3).half(), torch.ones(3).half(), training=True), None),
     ("IN fp64 weight, fp32 input", lambda m: m.functional.instance_norm(
         torch.randn(2, 3, 4), weight=torch.ones(3, dtype=torch.float64)), None),
+    # Inputs of every rank and kind (issue 26): 0-d and 1-d, bool and complex.
+    ("BN 1-d input without parameters", lambda m: m.functional.batch_norm(
+        torch.randn(4), None, None, training=True), None),
+    ("BN 0-d input", lambda m: m.functional.batch_norm(torch.randn(()), None, None,
+                                                       training=True), None),
+    ("BN bool dtype", lambda m: m.functional.batch_norm(
+        torch.ones(2, 3, dtype=torch.bool), None, None, training=True), None),
+    ("BN complex dtype", lambda m: m.functional.batch_norm(
+        torch.randn(2, 3, dtype=torch.complex64), None, None, training=True), None),
+    ("LN complex dtype", lambda m: m.functional.layer_norm(
+        torch.randn(2, 3, dtype=torch.complex64), (3,)), None),
+    ("LN bool dtype", lambda m: m.functional.layer_norm(torch.ones(2, 3, dtype=torch.bool), (3,)),
+     None),
+    ("LN 0-d input", lambda m: m.functional.layer_norm(torch.randn(()), (1,)), None),
+    ("LN empty normalized_shape", lambda m: m.functional.layer_norm(torch.randn(2, 3), ()), None),
+    ("RMS empty normalized_shape", lambda m: m.functional.rms_norm(torch.randn(2, 3), ()), None),
+    ("RMS bool dtype", lambda m: m.functional.rms_norm(torch.ones(2, 3, dtype=torch.bool), (3,)),
+     None),
+    ("GN complex dtype", lambda m: m.functional.group_norm(
+        torch.randn(2, 4, 3, dtype=torch.complex64), 2), None),
+    ("GN 0-d input", lambda m: m.functional.group_norm(torch.randn(()), 1), None),
+    ("IN complex dtype", lambda m: m.functional.instance_norm(
+        torch.randn(2, 4, 3, dtype=torch.complex64)), None),
+    ("IN bool dtype", lambda m: m.functional.instance_norm(torch.ones(2, 4, 3, dtype=torch.bool)),
+     None),
 ]
 
 
@@ -90,6 +115,26 @@ def test_bad_input_raises_torchs_exception_type(what, call, _):
     theirs = _raised(call, _TorchNamespace)
     assert type(ours) is type(theirs), f"{what}: {type(ours).__name__} vs {type(theirs).__name__}"
     assert str(ours), "the message must say what is wrong"
+
+
+def test_empty_normalized_shape_says_what_torch_says():
+    for fn in (F.layer_norm, TF.layer_norm), (F.rms_norm, TF.rms_norm):
+        messages = [str(_raised(lambda m, f=f: f(torch.randn(2, 3), ()), None)) for f in fn]
+        assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("layer", ["functional", "module"])
+def test_complex_rms_norm_is_torch_result(layer):
+    """torch computes rms_norm of a complex input; the kernels take real floats, so the
+    call goes to torch's op."""
+    x = torch.randn(2, 3, 4, dtype=torch.complex64)
+    w = torch.rand(4) + 0.5
+    if layer == "functional":
+        got, want = TF.rms_norm(x, (4,), w), F.rms_norm(x, (4,), w)
+    else:
+        ours, ref = tritonnorm.RMSNorm(4), nn.RMSNorm(4)
+        got, want = ours(x), ref(x)
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("norm", ["layer", "group", "instance", "rms", "batch"])

@@ -89,7 +89,10 @@ def normalized(fn: str, x: Tensor, shape, weight: Optional[Tensor], bias: Option
     if type(shape) is not tuple or not all(type(d) is int for d in shape):
         shape = normalized_shape(fn, shape)
     k, xs = len(shape), x.shape
-    if k == 0 or len(xs) < k or xs[len(xs) - k:] != shape:
+    if k == 0:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., "
+                           "containing at least one element, but got normalized_shape = []")
+    if len(xs) < k or xs[len(xs) - k:] != shape:
         raise RuntimeError(
             f"Given normalized_shape={list(shape)}, expected input with shape "
             f"[*, {', '.join(map(str, shape))}], but got input of size{list(x.shape)}")

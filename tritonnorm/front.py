@@ -2,8 +2,9 @@
 output (quant.py) share: from a call's arguments to a path.
 
 * Which calls torch.nn.functional serves (``torch_path``): a tensor Triton cannot run
-  on (a CPU tensor without the interpreter), an empty input, a call recorded by
-  torch.jit.trace (TorchScript cannot call Triton).
+  on (a CPU tensor without the interpreter), an empty input, a complex input (torch
+  computes rms_norm of one and raises its own error for the others), a call recorded
+  by torch.jit.trace (TorchScript cannot call Triton).
 * The checks of a row norm's or a GroupNorm's arguments and the [N, G, Cg, S] view
   they give, memoised per call signature (``rows``, ``group_view``), so a steady-state
   call pays a dict lookup, not the checks.
@@ -46,7 +47,7 @@ def jit_tracing() -> bool:
 
 def torch_path(x: Tensor) -> bool:
     """Calls that torch.nn.functional serves: see the module docstring."""
-    return jit_tracing() or not use_triton(x) or x.numel() == 0
+    return jit_tracing() or not use_triton(x) or x.numel() == 0 or x.is_complex()
 
 
 # Checked call signatures -> their views (LayerNorm/RMSNorm, GroupNorm).

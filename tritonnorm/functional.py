@@ -209,8 +209,8 @@ def batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         checks.size(name, t, c)
-    if input.dim() < 2:
-        raise RuntimeError(f"batch_norm expects input of shape (N, C, *), got {input.dim()}-d input")
+    if input.dim() < 2:   # torch's IndexError, from reading the channel dim it lacks
+        input.size(1) if input.dim() == 1 else input.size()[1]
     if training and input.numel() // c == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {input.size()}")
