@@ -162,6 +162,21 @@ def test_rms_norm_offset_scales_by_offset_plus_weight_in_fp32(dtype):
                          lambda x, w: F.rms_norm(x, (24,), w.float() + 1.0, 1e-6), [x, w])
 
 
+@pytest.mark.parametrize("offset", [1.0, 0.5, -2.0])
+def test_rms_norm_with_an_offset_starts_at_scale_one(offset):
+    """A fresh layer with an offset is the plain rms_norm: weight 1 - offset, so offset +
+    weight is 1 (Gemma's layer starts at weight 0); reset_parameters restores that."""
+    x = torch.randn(3, 8, device=DEVICE)
+    layer = tritonnorm.RMSNorm(8, offset=offset).to(DEVICE)
+    torch.testing.assert_close(layer.weight, torch.full((8,), 1.0 - offset, device=DEVICE))
+    torch.testing.assert_close(layer(x), F.rms_norm(x, (8,)))
+    with torch.no_grad():
+        layer.weight.uniform_()
+    layer.reset_parameters()
+    torch.testing.assert_close(layer(x), F.rms_norm(x, (8,)))
+    assert tritonnorm.RMSNorm(8).weight.eq(1).all()   # no offset: torch's ones
+
+
 def test_a_residual_of_another_shape_is_refused():
     x = torch.randn(4, 8, device=DEVICE)
     with pytest.raises(RuntimeError, match="residual of shape"):

@@ -6,6 +6,7 @@ isinstance checks are torch's own; only ``forward`` is overridden.
 import warnings
 from typing import Optional
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -90,12 +91,23 @@ class LayerNorm(Activated, nn.LayerNorm):
 
 class RMSNorm(nn.RMSNorm):
     """torch's RMSNorm, and ``offset``: y = xhat * (offset + weight), Gemma's RMSNorm
-    with offset=1.0 (whose weight then starts at zero: set it, or load Gemma's)."""
+    with offset=1.0.  A layer built with an offset starts at an effective scale of 1: its
+    weight is initialised (and reset by ``reset_parameters``) to 1 - offset, so Gemma's
+    layer starts at weight 0, as Gemma's own does; a loaded checkpoint sets it."""
     offset = 0.0
 
     def __init__(self, *args, offset: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.offset = offset
+        if offset:
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's: weight 1 -- less the offset, so that offset + weight starts at 1."""
+        super().reset_parameters()
+        if self.offset and self.weight is not None:
+            with torch.no_grad():
+                self.weight.fill_(1.0 - self.offset)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

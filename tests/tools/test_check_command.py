@@ -25,3 +25,16 @@ def test_check_command_line_picks_the_interpreter_itself_without_a_gpu():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CPU, Triton interpreter" in done.stdout and "all norms match torch" in done.stdout
+
+
+def test_version_names_tritonnorm_torch_and_triton(capsys):
+    import triton
+
+    import tritonnorm
+    from tritonnorm.tools.cli import main
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out == (f"tritonnorm {tritonnorm.__version__} (torch {torch.__version__}, "
+                   f"triton {triton.__version__})")

@@ -27,9 +27,20 @@ DESCRIPTION = """tritonnorm's command line (also `python -m tritonnorm ...`):
 Without a GPU, check and bench run under Triton's interpreter: CPU numbers, not GPU ones."""
 
 
+def _version() -> str:
+    """tritonnorm's version, with the torch and triton it runs on."""
+    import torch
+    import triton
+
+    import tritonnorm
+    return f"tritonnorm {tritonnorm.__version__} (torch {torch.__version__}, triton {triton.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="tritonnorm", description=DESCRIPTION, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print tritonnorm's version, and torch's and triton's, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="run every norm forward and backward and compare with torch",
                    description="Run every norm forward and backward on this machine (under "
