@@ -59,6 +59,21 @@ def _norm_epilogue(x, weight, bias, view, spec, eps, residual, act: Optional[Act
     return row_norm(x, weight, bias, view, spec, eps, act=act, post=post, **kw)
 
 
+def _torch_group_norm(x: Tensor, num_groups, weight, bias, eps) -> Tensor:
+    """F.group_norm, around a crash of torch's CPU kernel: torch 2.13's CPU GroupNorm
+    backward of a channels_last input segfaults where the input does not require grad
+    (plain torch does too; README's Quickstart hit it without the interpreter).  A strided
+    CPU input is normalised as a contiguous copy, and the output given the input's memory
+    format back, as torch's own output has it."""
+    if not x.is_cpu or x.is_contiguous() or x.dim() < 3:
+        return F.group_norm(x, num_groups, weight, bias, eps)
+    fmt = torch.contiguous_format
+    for cl, dim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == dim and x.is_contiguous(memory_format=cl):
+            fmt = cl
+    return F.group_norm(x.contiguous(), num_groups, weight, bias, eps).contiguous(memory_format=fmt)
+
+
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
              offset: float = 0.0) -> Tensor:
@@ -82,7 +97,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
         if call is not None:
             return eager.run(input, weight, bias, None, call)
     if torch_path(input):
-        return compose(F.group_norm(input, num_groups, weight, bias, eps), residual, act)
+        return compose(_torch_group_norm(input, num_groups, weight, bias, eps), residual, act)
     view, dense = group_view(input, num_groups, weight, bias)
     checks.devices(input, weight, bias)
     x, weight, bias = autocast("group_norm", input, weight, bias)
