@@ -228,6 +228,29 @@ def test_the_first_fallback_of_a_process_warns_once_and_says_how(monkeypatch):
         tritonnorm.LayerNorm(4)(x)
         tritonnorm.RMSNorm(4)(x)
     assert len(record) == 1
+    assert record[0].filename == __file__   # the user's line, not tritonnorm's or torch's
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tritonnorm.LayerNorm(4)(x)   # said once per process
+
+
+@pytest.mark.parametrize("call", ["functional", "module"])
+def test_the_fallback_warning_points_at_the_callers_line(call, monkeypatch):
+    monkeypatch.setattr(runtime, "INTERPRET", False)
+    monkeypatch.setattr(runtime, "_fallback_warned", False)
+    x = torch.randn(2, 4, 3)
+    with pytest.warns(tritonnorm.FallbackWarning) as record:
+        if call == "functional":
+            TF.group_norm(x, 2)
+        else:
+            tritonnorm.GroupNorm(2, 4)(x)
+    assert record[0].filename == __file__, record[0].filename
+
+
+def test_a_meta_tensor_takes_torchs_ops_without_a_warning(monkeypatch):
+    """A meta tensor holds no data: no kernel runs on it, so no fallback to tell of."""
+    monkeypatch.setattr(runtime, "_fallback_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = tritonnorm.LayerNorm(4, device="meta")(torch.empty(2, 4, device="meta"))
+    assert y.is_meta and y.shape == (2, 4)

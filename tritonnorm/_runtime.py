@@ -1,6 +1,7 @@
 """Where the kernels can run: the GPU, or the CPU under Triton's interpreter."""
 import functools
 import os
+import sys
 import warnings
 
 import torch
@@ -78,22 +79,44 @@ def use_triton(x: torch.Tensor) -> bool:
             return True
     elif INTERPRET and x.is_cpu:
         return True
-    if not _fallback_warned and not torch.compiler.is_compiling():
+    # A meta tensor holds no data: no kernel runs on it, torch's or ours, so nothing to say.
+    if not _fallback_warned and not x.is_meta and not torch.compiler.is_compiling():
         _warn_fallback(x)
     return False
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _user_frame() -> int:
+    """The warnings stacklevel of the user's call, seen from _warn_fallback: the first frame
+    outside tritonnorm and torch (whose module __call__ sits between a layer and its
+    caller), so the warning names the user's line, not ours."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith((_PACKAGE, _TORCH)):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
 
 
 def _warn_fallback(x: torch.Tensor) -> None:
     global _fallback_warned
     _fallback_warned = True
-    how = ("set TRITON_INTERPRET=1 before importing tritonnorm to run its kernels on the CPU "
-           "under Triton's interpreter" if not INTERPRET else
-           "unset TRITON_INTERPRET to run its kernels on the GPU")
+    if x.is_cpu:
+        how = ("set TRITON_INTERPRET=1 before importing tritonnorm to run its kernels on the "
+               "CPU under Triton's interpreter (for tests: 100-1000x slower than torch)")
+    elif x.is_cuda:
+        how = "unset TRITON_INTERPRET to run its kernels on the GPU"
+    else:
+        how = "its kernels run on CUDA GPUs, and on the CPU under Triton's interpreter"
     warnings.warn(
         f"tritonnorm: a {x.device.type} tensor runs torch's own kernels, not tritonnorm's; "
         f"{how}. Said once per process; silence it with "
         "warnings.simplefilter('ignore', tritonnorm.FallbackWarning).",
-        FallbackWarning, stacklevel=4)
+        FallbackWarning, stacklevel=_user_frame())
 
 
 @functools.lru_cache(maxsize=None)
