@@ -56,3 +56,4 @@ def test_the_kernels_import_nothing_from_the_host_package():
                     f"{path.name}: from {'.' * node.level}{node.module} import ..."
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("tritonnorm") for a in node.names), path.name
+

@@ -3,6 +3,7 @@
 Constructors, defaults, parameters, buffers, state_dict keys, extra_repr and
 isinstance checks are torch's own; only ``forward`` is overridden.
 """
+import inspect
 import warnings
 from typing import Optional
 
@@ -41,6 +42,41 @@ def _buffer(m: nn.Module, name: str):
     return b[name] if name in b else getattr(m, name)
 
 
+def torch_signature(doc: str = "", **extra):
+    """Class decorator: help() and inspect.signature show torch's constructor arguments
+    (of the torch.nn class the layer subclasses), then ``extra`` as keyword-only ones --
+    not the ``*args, **kwargs`` the shared constructor takes them through; ``doc`` (what
+    the layers share) is appended to the class docstring."""
+    def apply(cls):
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + doc
+        base = next(b for b in cls.__mro__[1:] if b.__module__.startswith("torch.nn"))
+        sig = inspect.signature(base.__init__)
+        params = [p for p in sig.parameters.values() if p.name != "self"]
+        params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+                   for k, v in extra.items()]
+        cls.__signature__ = sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
+        return cls
+    return apply
+
+
+EPILOGUE_DEFAULTS = dict(activation=None, negative_slope=0.01, approximate="none")
+COMMON_DOC = """
+    Dtypes: float32, float16, bfloat16 and float64 input; float16/bfloat16 input with
+    float32 parameters (mixed precision); the output has the input's dtype and memory
+    format.  Statistics are accumulated in float32 (float64 for float64 input).  Runs
+    tritonnorm's Triton kernels on a CUDA tensor (and on the CPU under
+    TRITON_INTERPRET=1); elsewhere, or for an empty or complex input, torch's own op, with
+    a one-time ``tritonnorm.FallbackWarning``.  Bad input raises torch's exception type.
+"""
+ACTIVATION_DOC = """
+    Beyond torch: ``activation`` (None, "relu", "silu", "gelu" with ``approximate``,
+    "leaky_relu" with ``negative_slope``) is applied to the output in the same kernel, and
+    ``forward(input, residual=None)`` gives act(norm(input) + residual) -- a residual of
+    another shape, dtype or device is added in torch ops, with torch's broadcasting.  An
+    unknown activation is a ValueError at construction.
+"""
+
+
 class Activated:
     """The activation epilogue of a norm layer: torch's constructor plus ``activation``
     (None, "relu", "silu", "gelu" with ``approximate``, "leaky_relu" with
@@ -75,7 +111,16 @@ class Activated:
                     approximate=self.approximate)
 
 
+@torch_signature(COMMON_DOC, **EPILOGUE_DEFAULTS)
 class LayerNorm(Activated, nn.LayerNorm):
+    """torch.nn.LayerNorm with Triton kernels: y = (x - mean) / sqrt(var + eps) * weight +
+    bias over the last ``len(normalized_shape)`` dims of input ``(*, *normalized_shape)``
+    (the biased variance, as torch's).  Same arguments, parameters and state_dict.
+
+    Beyond torch: ``activation`` as the CNN norms take it (see GroupNorm), and
+    ``forward(input, residual)`` returns ``(y, h)``: h = input + residual (of input's shape),
+    y = act(layer_norm(h)), in one kernel each way (vLLM's layer convention).
+    """
     def forward(self, input: Tensor, residual: Optional[Tensor] = None):
         """torch's forward, then the activation; with a ``residual``, (y, h) of the fused
         h = input + residual, y = act(layer_norm(h)), as vLLM's layers return them."""
@@ -89,11 +134,19 @@ class LayerNorm(Activated, nn.LayerNorm):
                              **self.epilogue())
 
 
+@torch_signature(COMMON_DOC, offset=0.0)
 class RMSNorm(nn.RMSNorm):
-    """torch's RMSNorm, and ``offset``: y = xhat * (offset + weight), Gemma's RMSNorm
-    with offset=1.0.  A layer built with an offset starts at an effective scale of 1: its
-    weight is initialised (and reset by ``reset_parameters``) to 1 - offset, so Gemma's
-    layer starts at weight 0, as Gemma's own does; a loaded checkpoint sets it."""
+    """torch.nn.RMSNorm with Triton kernels: y = x / sqrt(mean(x^2) + eps) * weight over
+    the last ``len(normalized_shape)`` dims of input ``(*, *normalized_shape)``; eps None
+    is torch's default, the machine epsilon of the accumulation type.
+
+    Beyond torch: ``offset`` -- y = xhat * (offset + weight), Gemma's RMSNorm with
+    offset=1.0, the sum taken in float32 as Gemma takes it.  A layer built with an offset
+    starts at an effective scale of 1: its weight is initialised (and reset by
+    ``reset_parameters``) to 1 - offset, so Gemma's layer starts at weight 0, as Gemma's
+    own does; a loaded checkpoint sets it.  ``forward(x, residual)`` returns ``(y, h)`` as
+    LayerNorm's does.
+    """
     offset = 0.0
 
     def __init__(self, *args, offset: float = 0.0, **kwargs):
@@ -124,7 +177,12 @@ class RMSNorm(nn.RMSNorm):
         return TF.rms_norm(x, self.normalized_shape, self.weight, self.eps, offset=self.offset)
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class GroupNorm(Activated, nn.GroupNorm):
+    """torch.nn.GroupNorm with Triton kernels: input ``(N, C, *)`` normalised over each of
+    ``num_groups`` groups of C / num_groups channels (and all positions) per sample, then
+    the per-channel affine.  Same arguments, parameters and state_dict.
+    """
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """act(group_norm(input) + residual)."""
         if self.activation is None and residual is None:   # torch's call (host time)
@@ -163,15 +221,30 @@ def _instance_forward(self, input: Tensor, residual: Optional[Tensor] = None) ->
     return y.squeeze(0) if unbatched else y
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class InstanceNorm1d(Activated, nn.InstanceNorm1d):
+    """torch.nn.InstanceNorm1d with Triton kernels: input ``(N, C, L) or (C, L)``, each channel of
+    each sample normalised over its positions; running statistics and their momentum as
+    torch's (``track_running_stats``).  Same arguments, buffers and state_dict.
+    """
     forward = _instance_forward
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class InstanceNorm2d(Activated, nn.InstanceNorm2d):
+    """torch.nn.InstanceNorm2d with Triton kernels: input ``(N, C, H, W) or (C, H, W)``, each channel of
+    each sample normalised over its positions; running statistics and their momentum as
+    torch's (``track_running_stats``).  Same arguments, buffers and state_dict.
+    """
     forward = _instance_forward
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class InstanceNorm3d(Activated, nn.InstanceNorm3d):
+    """torch.nn.InstanceNorm3d with Triton kernels: input ``(N, C, D, H, W) or (C, D, H, W)``, each channel of
+    each sample normalised over its positions; running statistics and their momentum as
+    torch's (``track_running_stats``).  Same arguments, buffers and state_dict.
+    """
     forward = _instance_forward
 
 
@@ -205,13 +278,34 @@ def _batch_forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Te
                                  momentum, self.eps, tracked, self.act(), residual)
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class BatchNorm1d(Activated, nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d with Triton kernels: input ``(N, C) or (N, C, L)``, each channel
+    normalised over the batch and positions in training (the running statistics updated in
+    the kernel, with torch's momentum and unbiased variance; ``momentum=None`` the
+    cumulative average), by the running statistics in eval.  Same arguments, buffers and
+    state_dict.
+    """
     forward = _batch_forward
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class BatchNorm2d(Activated, nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d with Triton kernels: input ``(N, C, H, W)``, each channel
+    normalised over the batch and positions in training (the running statistics updated in
+    the kernel, with torch's momentum and unbiased variance; ``momentum=None`` the
+    cumulative average), by the running statistics in eval.  Same arguments, buffers and
+    state_dict.
+    """
     forward = _batch_forward
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class BatchNorm3d(Activated, nn.BatchNorm3d):
+    """torch.nn.BatchNorm3d with Triton kernels: input ``(N, C, D, H, W)``, each channel
+    normalised over the batch and positions in training (the running statistics updated in
+    the kernel, with torch's momentum and unbiased variance; ``momentum=None`` the
+    cumulative average), by the running statistics in eval.  Same arguments, buffers and
+    state_dict.
+    """
     forward = _batch_forward

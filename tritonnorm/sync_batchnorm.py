@@ -29,7 +29,8 @@ from .activation import compose, outside
 from ._runtime import use_triton
 from .dispatch import (Epilogue, backward_partials, forward_partials, row_backward, row_forward,
                        sign_mask)
-from .modules import Activated, batch_step
+from .modules import (ACTIVATION_DOC, COMMON_DOC, EPILOGUE_DEFAULTS, Activated, batch_step,
+                      torch_signature)
 from .plan import acc_dtype
 from .spec import BATCH, batch_layout, match_layout
 
@@ -173,12 +174,16 @@ def composite_forward(x, weight, bias, eps, group, running=None, act=None, post=
     return compose(y3.reshape(c, n, s).transpose(0, 1).reshape(x.shape).to(x.dtype), post, act)
 
 
+@torch_signature(COMMON_DOC + ACTIVATION_DOC, **EPILOGUE_DEFAULTS)
 class SyncBatchNorm(Activated, nn.SyncBatchNorm):
-    """torch.nn.SyncBatchNorm with Triton kernels and one collective per pass, and the
-    activation / residual epilogue of tritonnorm's BatchNorm.
+    """torch.nn.SyncBatchNorm with Triton kernels and one collective per pass: input
+    ``(N, C, *)``, each channel normalised over the batch and positions of every rank of
+    ``process_group`` in training, by the running statistics in eval.  Same arguments,
+    buffers and state_dict; ``convert_sync_batchnorm`` as torch's.
 
-    As torch's, it normalises by the local batch when no process group is
-    initialised; unlike torch's, CPU tensors work with gloo."""
+    As torch's, it normalises by the local batch when no process group is initialised;
+    unlike torch's, CPU tensors work with gloo (under TRITON_INTERPRET=1).  dw and db sum
+    this rank's batch, as torch's do (DDP averages them)."""
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """act(sync_batch_norm(input) + residual)."""
