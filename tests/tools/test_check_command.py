@@ -16,6 +16,7 @@ def test_check_passes_and_prints_a_row_per_norm(capsys):
                  "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"):
         assert norm in out
     assert "all norms match torch" in out and "FAIL" not in out
+    assert "err grads" in out and "tol:" in out and "ms:" in out   # the legend of the columns
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter re-exec is the no-GPU path")

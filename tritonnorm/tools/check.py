@@ -49,11 +49,19 @@ def _run(module, x, dy):
     return y, grads
 
 
+LEGEND = ("err y, err grads: the largest error of tritonnorm's output, and of its gradients of\n"
+          "  x, weight and bias (and the running statistics), against torch's: absolute, or\n"
+          "  relative above magnitude 1; tol: the bound for the dtype; ms: wall time of\n"
+          "  tritonnorm's forward and backward of the case, its compile included (a check, not\n"
+          "  a benchmark: `tritonnorm bench` times).")
+
+
 def run_check(dtypes=(torch.float32, torch.bfloat16, torch.float16, torch.float64)) -> bool:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU, Triton interpreter"
     print(f"tritonnorm {tritonnorm.__version__} check on {where}: torch {torch.__version__}")
     header = f"{'norm':<15}{'shape':<18}{'dtype':<10}{'layout':<9}{'err y':>10}{'err grads':>12}{'tol':>8}{'ms':>8}  result"
+    print(LEGEND)
     print(header)
     print("-" * len(header))
     ok = True

@@ -44,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="run every norm forward and backward and compare with torch",
                    description="Run every norm forward and backward on this machine (under "
-                               "Triton's interpreter without a GPU) and compare with torch. "
-                               "Exit status 0 when all match. Takes no options.")
+                               "Triton's interpreter without a GPU) and compare with torch: a "
+                               "row per norm, dtype and layout, with the largest error of the "
+                               "output and of the gradients against torch's (err y, err "
+                               "grads), the dtype's bound (tol) and the wall ms of the case, "
+                               "compile included. Exit status 0 when all match. Takes no "
+                               "options.")
     tune = sub.add_parser("tune", help="tune launch configs on this GPU and save them",
                           description="Time the config space per shape bucket on this GPU and "
                                       "save the best to the user tuning table (GPU only).")
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-norm sweep at real-model shapes, model training steps "
                             "(ResNet-50, SD-UNet down block, Llama layer, ViT-B block), host "
                             "time per eager call at tiny shapes against torch's, the fused "
-                            "epilogues against torch's composition, or all four "
+                            "calls (add_rms_norm, add_layer_norm, GroupNorm + SiLU, BatchNorm + "
+                            "residual + ReLU) against torch's composition, or all four "
                             "(default: sweep)")
     bench.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
                        help="sweep and models: start no new case or step after this many "
