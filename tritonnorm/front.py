@@ -237,4 +237,17 @@ def norm_rows(spec, x: Tensor, normalized_shape, weight: Optional[Tensor],
     w, b = flat(weight), flat(bias)
     if xv is x and w is weight and b is bias and paths.plain_eager(x):
         return ready(key, x, view, spec, w, b, eps, act)
-    return row_norm(xv, w, b, view, spec, eps, act=act)
+    y = row_norm(xv, w, b, view, spec, eps, act=act)
+    if spec is not LAYER and xv is not x:
+        y = _like(x, y)
+    return y
+
+
+def _like(x: Tensor, y: Tensor) -> Tensor:
+    """rms_norm's output in x's memory format, as torch's (an elementwise composition)
+    keeps it: a channels_last x made contiguous for the kernels gets its layout back.
+    (layer_norm's output is contiguous in torch too: left so.)"""
+    for fmt, dim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == dim and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
+            return y.contiguous(memory_format=fmt)
+    return y
