@@ -29,8 +29,16 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                eps: float = 1e-5, *, activation: Optional[str] = None,
                negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
-    """torch's layer_norm; ``activation`` (see tritonnorm.activation) is applied to its
-    output in the same kernel."""
+    """torch.nn.functional.layer_norm: input ``(*, *normalized_shape)`` normalised over its
+    trailing ``normalized_shape`` dims (biased variance), times ``weight``, plus ``bias``
+    (each of shape normalized_shape).  Beyond torch: ``activation``, applied to the output in
+    the same kernel (see group_norm).
+
+    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
+    parameters too); the result has the input's dtype and memory format, statistics are
+    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
+    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
+    take torch's op.  Bad input raises torch's exception type and message."""
     return norm_rows(LAYER, input, normalized_shape, weight, bias, eps,
                      parse(activation, negative_slope, approximate))
 
@@ -77,7 +85,16 @@ def _torch_group_norm(x: Tensor, num_groups, weight, bias, eps) -> Tensor:
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
              offset: float = 0.0) -> Tensor:
-    """torch's rms_norm; ``offset`` scales by (offset + weight) instead of weight."""
+    """torch.nn.functional.rms_norm: input ``(*, *normalized_shape)`` divided by the root mean
+    square of its trailing dims (plus ``eps``; None is the machine epsilon of the accumulation
+    type, as torch's), times ``weight``.  Beyond torch: ``offset`` scales by (offset + weight),
+    summed in float32 (Gemma: offset=1.0).
+
+    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
+    parameters too); the result has the input's dtype and memory format, statistics are
+    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
+    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
+    take torch's op.  Bad input raises torch's exception type and message."""
     return norm_rows(RMS, input, normalized_shape,
                      offset_weight(weight, offset, normalized_shape, input), None, eps)
 
@@ -86,8 +103,22 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
                residual: Optional[Tensor] = None, activation: Optional[str] = None,
                negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
-    """torch's group_norm; act(group_norm(input) + residual) with the epilogue keywords.
-    A steady-state eager call without a residual is one memo lookup (front.ready)."""
+    """torch.nn.functional.group_norm: input ``(N, C, *)`` normalised over each of
+    ``num_groups`` groups of C / num_groups channels and all positions, per sample, then the
+    per-channel ``weight`` and ``bias`` (shape (C,)); C must divide by num_groups (a
+    RuntimeError otherwise).  A steady-state eager call without a residual is one memo
+    lookup (front.ready).
+
+    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
+    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
+    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
+    act(norm(input) + residual).
+
+    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
+    parameters too); the result has the input's dtype and memory format, statistics are
+    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
+    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
+    take torch's op.  Bad input raises torch's exception type and message."""
     act = parse(activation, negative_slope, approximate)
     eps = checks.number(eps)
     key = None
@@ -113,8 +144,20 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   momentum: float = 0.1, eps: float = 1e-5, *,
                   residual: Optional[Tensor] = None, activation: Optional[str] = None,
                   negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
-    """torch's instance_norm; act(instance_norm(input) + residual) with the epilogue
-    keywords."""
+    """torch.nn.functional.instance_norm: input ``(N, C, *)``, each channel of each sample
+    normalised over its positions (the batch statistics when ``use_input_stats``, else the
+    running ones); running_mean/running_var (C,) updated in place with ``momentum``.
+
+    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
+    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
+    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
+    act(norm(input) + residual).
+
+    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
+    parameters too); the result has the input's dtype and memory format, statistics are
+    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
+    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
+    take torch's op.  Bad input raises torch's exception type and message."""
     act = parse(activation, negative_slope, approximate)
     eps, momentum = checks.number(eps), checks.number(momentum)
     if jit_tracing() or not use_triton(input):
@@ -181,7 +224,20 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
                residual: Optional[Tensor] = None, activation: Optional[str] = None,
                negative_slope: float = 0.01, approximate: str = "none") -> Tensor:
-    """torch's batch_norm; act(batch_norm(input) + residual) with the epilogue keywords."""
+    """torch.nn.functional.batch_norm: input ``(N, C, *)``, each channel normalised over the
+    batch and positions in ``training`` (running_mean/running_var (C,) updated in the kernel
+    with ``momentum`` and the unbiased variance), by the running statistics otherwise.
+
+    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
+    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
+    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
+    act(norm(input) + residual).
+
+    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
+    parameters too); the result has the input's dtype and memory format, statistics are
+    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
+    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
+    take torch's op.  Bad input raises torch's exception type and message."""
     return batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
                               momentum, eps, None, parse(activation, negative_slope, approximate),
                               residual)

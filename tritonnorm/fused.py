@@ -41,7 +41,11 @@ def add_layer_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Seq
                    weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                    eps: float = 1e-5, *, activation: Optional[str] = None,
                    negative_slope: float = 0.01, approximate: str = "none") -> Tuple[Tensor, Tensor]:
-    """(act(layer_norm(h)), h) with h = x + residual, both in x's dtype."""
+    """(act(layer_norm(h)), h) with h = x + residual, both in x's dtype: a transformer's
+    pre-norm residual stream in one kernel each way.  x and residual ``(*, *normalized_shape)``
+    of one shape (a RuntimeError otherwise; the residual is cast to x's dtype); h is rounded
+    to x's dtype before the norm reads it, as torch's add rounds it.  Traced calls, torch.func
+    transforms, forward-mode AD and CUDA autocast run the add then the norm."""
     return _add_norm(LAYER, x, residual, normalized_shape, weight, bias, eps,
                      parse(activation, negative_slope, approximate))
 
@@ -49,6 +53,7 @@ def add_layer_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Seq
 def add_rms_norm(x: Tensor, residual: Tensor, normalized_shape: Union[int, Sequence[int]],
                  weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
                  offset: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """(rms_norm(h, weight=offset + weight), h) with h = x + residual, in x's dtype."""
+    """(rms_norm(h, weight=offset + weight), h) with h = x + residual, in x's dtype: as
+    add_layer_norm, with RMSNorm (``offset``: Gemma's 1 + weight, summed in float32)."""
     return _add_norm(RMS, x, residual, normalized_shape,
                      offset_weight(weight, offset, normalized_shape, x), None, eps)

@@ -121,7 +121,11 @@ def rms_norm_quant(x: Tensor, normalized_shape: Union[int, Sequence[int]],
                    weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
                    residual: Optional[Tensor] = None, dtype: torch.dtype = torch.int8,
                    scale: Optional[Union[Tensor, float]] = None):
-    """(q, scale), or (q, scale, h) with a residual: rms_norm quantized to ``dtype``."""
+    """(q, scale), or (q, scale, h) with a residual: rms_norm quantized to ``dtype``
+    (torch.int8, rounded half to even and clamped to +-127, or torch.float8_e4m3fn), y / scale
+    with ``scale`` one float32 per row (amax(|y|) / qmax; x's shape with the normalised
+    dims as 1s) or the one given.
+    Inference only: a RuntimeError where a gradient is asked for."""
     return _norm_quant(RMS, x, normalized_shape, weight, None, eps, residual, dtype, scale)
 
 
@@ -130,5 +134,6 @@ def layer_norm_quant(x: Tensor, normalized_shape: Union[int, Sequence[int]],
                      eps: float = 1e-5, *, residual: Optional[Tensor] = None,
                      dtype: torch.dtype = torch.int8,
                      scale: Optional[Union[Tensor, float]] = None):
-    """(q, scale), or (q, scale, h) with a residual: layer_norm quantized to ``dtype``."""
+    """(q, scale), or (q, scale, h) with a residual: layer_norm quantized to ``dtype``, as
+    rms_norm_quant."""
     return _norm_quant(LAYER, x, normalized_shape, weight, bias, eps, residual, dtype, scale)
