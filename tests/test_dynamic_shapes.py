@@ -102,13 +102,17 @@ def _frames(module, n, layout, sizes):
     return counters["stats"]["unique_graphs"], outs
 
 
-# The default run sweeps every case's batch, and the sequence of the transformer rows that
-# serving grows (LayerNorm, RMSNorm, the Llama block); the other sequence sweeps, which
-# take the same path, are marked slow (-m slow) to keep the suite's time.
+# The default run sweeps the batch of every case but the LayerNorm twins of the RMSNorm
+# calls (add_layer_norm, layer_norm_quant: the same front end) and InstanceNorm (BatchNorm's
+# path), and the sequence of the transformer rows that serving grows (LayerNorm, RMSNorm,
+# the Llama block); the others, which take the same paths, are marked slow (-m slow) to
+# keep the suite's time, as are those cases' exports.
 SERVING = ("LayerNorm", "RMSNorm", "HF Llama block")
-PAIRS = [pytest.param(name, sweep, marks=() if sweep == "batch" or name in SERVING
-                      else pytest.mark.slow)
+TWINS = ("add_layer_norm", "layer_norm_quant", "InstanceNorm1d")
+PAIRS = [pytest.param(name, sweep, marks=() if (sweep == "batch" and name not in TWINS)
+                      or name in SERVING else pytest.mark.slow)
          for name in CASES for sweep in SWEEPS]
+EXPORTS = [pytest.param(name, marks=pytest.mark.slow if name in TWINS else ()) for name in CASES]
 
 
 @pytest.mark.parametrize("name, sweep", PAIRS)
@@ -123,7 +127,7 @@ def test_dynamic_compile_needs_no_more_frames_than_torch(name, sweep):
         torch.testing.assert_close(out, model(*_inputs(layout, n, b, t)))
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", EXPORTS)
 def test_export_with_dynamic_batch_and_sequence_runs_at_a_new_size(name):
     ours, _, n, layout = CASES[name]
     model = ours().to(DEVICE).eval()
