@@ -25,6 +25,31 @@ __all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instan
            "layer_norm", "layer_norm_quant", "rms_norm", "rms_norm_quant"]
 
 
+# What the public norms' docstrings share (appended by ``_documented``).
+_EPILOGUE_DOC = """
+    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
+    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
+    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
+    act(norm(input) + residual).
+"""
+_DTYPES_DOC = """
+    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
+    parameters too); the result has the input's dtype and memory format, statistics are
+    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
+    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
+    take torch's op.  Bad input raises torch's exception type and message.
+"""
+
+
+def _documented(*parts):
+    """Append the shared docstring ``parts`` to a public norm's own."""
+    def apply(fn):
+        fn.__doc__ = fn.__doc__.rstrip() + "\n" + "".join(parts)
+        return fn
+    return apply
+
+
+@_documented(_DTYPES_DOC)
 def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                eps: float = 1e-5, *, activation: Optional[str] = None,
@@ -33,12 +58,7 @@ def layer_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     trailing ``normalized_shape`` dims (biased variance), times ``weight``, plus ``bias``
     (each of shape normalized_shape).  Beyond torch: ``activation``, applied to the output in
     the same kernel (see group_norm).
-
-    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
-    parameters too); the result has the input's dtype and memory format, statistics are
-    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
-    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
-    take torch's op.  Bad input raises torch's exception type and message."""
+"""
     return norm_rows(LAYER, input, normalized_shape, weight, bias, eps,
                      parse(activation, negative_slope, approximate))
 
@@ -82,6 +102,7 @@ def _torch_group_norm(x: Tensor, num_groups, weight, bias, eps) -> Tensor:
     return F.group_norm(x.contiguous(), num_groups, weight, bias, eps).contiguous(memory_format=fmt)
 
 
+@_documented(_DTYPES_DOC)
 def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
              weight: Optional[Tensor] = None, eps: Optional[float] = None, *,
              offset: float = 0.0) -> Tensor:
@@ -89,16 +110,12 @@ def rms_norm(input: Tensor, normalized_shape: Union[int, Sequence[int]],
     square of its trailing dims (plus ``eps``; None is the machine epsilon of the accumulation
     type, as torch's), times ``weight``.  Beyond torch: ``offset`` scales by (offset + weight),
     summed in float32 (Gemma: offset=1.0).
-
-    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
-    parameters too); the result has the input's dtype and memory format, statistics are
-    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
-    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
-    take torch's op.  Bad input raises torch's exception type and message."""
+"""
     return norm_rows(RMS, input, normalized_shape,
                      offset_weight(weight, offset, normalized_shape, input), None, eps)
 
 
+@_documented(_EPILOGUE_DOC, _DTYPES_DOC)
 def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
                residual: Optional[Tensor] = None, activation: Optional[str] = None,
@@ -109,16 +126,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     RuntimeError otherwise).  A steady-state eager call without a residual is one memo
     lookup (front.ready).
 
-    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
-    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
-    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
-    act(norm(input) + residual).
-
-    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
-    parameters too); the result has the input's dtype and memory format, statistics are
-    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
-    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
-    take torch's op.  Bad input raises torch's exception type and message."""
+"""
     act = parse(activation, negative_slope, approximate)
     eps = checks.number(eps)
     key = None
@@ -138,6 +146,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Optional[Tensor] = None,
     return _norm_epilogue(x if dense else x.contiguous(), w, b, view, GROUP, eps, residual, act)
 
 
+@_documented(_EPILOGUE_DOC, _DTYPES_DOC)
 def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
                   running_var: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   bias: Optional[Tensor] = None, use_input_stats: bool = True,
@@ -148,16 +157,7 @@ def instance_norm(input: Tensor, running_mean: Optional[Tensor] = None,
     normalised over its positions (the batch statistics when ``use_input_stats``, else the
     running ones); running_mean/running_var (C,) updated in place with ``momentum``.
 
-    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
-    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
-    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
-    act(norm(input) + residual).
-
-    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
-    parameters too); the result has the input's dtype and memory format, statistics are
-    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
-    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
-    take torch's op.  Bad input raises torch's exception type and message."""
+"""
     act = parse(activation, negative_slope, approximate)
     eps, momentum = checks.number(eps), checks.number(momentum)
     if jit_tracing() or not use_triton(input):
@@ -219,6 +219,7 @@ def _update_running(running_mean, running_var, mean, rstd, s, c, momentum, eps):
                                             alpha=momentum)
 
 
+@_documented(_EPILOGUE_DOC, _DTYPES_DOC)
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
@@ -228,16 +229,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     batch and positions in ``training`` (running_mean/running_var (C,) updated in the kernel
     with ``momentum`` and the unbiased variance), by the running statistics otherwise.
 
-    Beyond torch, keyword-only: ``residual`` (any shape that broadcasts; x's shape, dtype and
-    device is added in the kernel) and ``activation`` (None, "relu", "silu", "gelu" with
-    ``approximate``, "leaky_relu" with ``negative_slope``; a ValueError for another) give
-    act(norm(input) + residual).
-
-    Dtypes: float32, float16, bfloat16, float64 input (float16/bfloat16 input with float32
-    parameters too); the result has the input's dtype and memory format, statistics are
-    accumulated in float32 (float64 for float64).  A tensor where the kernels do not run
-    (a CPU tensor without TRITON_INTERPRET=1), an empty or complex input, and torch.jit.trace
-    take torch's op.  Bad input raises torch's exception type and message."""
+"""
     return batch_norm_tracked(input, running_mean, running_var, weight, bias, training,
                               momentum, eps, None, parse(activation, negative_slope, approximate),
                               residual)
