@@ -24,7 +24,7 @@ from . import checks, config, dispatch, eager, paths
 from ._runtime import use_triton
 from .activation import compose
 from .paths import row_norm
-from .spec import GROUP, LAYER, RMS, RMS_CAST, channel_layout, row_layout
+from .spec import GROUP, LAYER, RMS, RMS_CAST, channel_format, channel_layout, row_layout
 
 # Ops that CUDA autocast runs in fp32 (torch's autocast op reference).
 _AUTOCAST_FP32 = {"layer_norm", "group_norm"}
@@ -247,7 +247,5 @@ def _like(x: Tensor, y: Tensor) -> Tensor:
     """rms_norm's output in x's memory format, as torch's (an elementwise composition)
     keeps it: a channels_last x made contiguous for the kernels gets its layout back.
     (layer_norm's output is contiguous in torch too: left so.)"""
-    for fmt, dim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if x.dim() == dim and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
-            return y.contiguous(memory_format=fmt)
-    return y
+    fmt = channel_format(x)
+    return y if fmt in (None, torch.contiguous_format) else y.contiguous(memory_format=fmt)

@@ -19,7 +19,8 @@ from .front import (autocast, flat, group_view, jit_tracing, norm_rows, offset_w
 from .fused import add_layer_norm, add_rms_norm
 from .paths import row_norm
 from .quant import layer_norm_quant, rms_norm_quant
-from .spec import BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_layout, match_layout
+from .spec import (BATCH, GROUP, INSTANCE, LAYER, RMS, batch_layout, channel_format, channel_layout,
+                   match_layout)
 
 __all__ = ["add_layer_norm", "add_rms_norm", "batch_norm", "group_norm", "instance_norm",
            "layer_norm", "layer_norm_quant", "rms_norm", "rms_norm_quant"]
@@ -95,10 +96,7 @@ def _torch_group_norm(x: Tensor, num_groups, weight, bias, eps) -> Tensor:
     format back, as torch's own output has it."""
     if not x.is_cpu or x.is_contiguous() or x.dim() < 3:
         return F.group_norm(x, num_groups, weight, bias, eps)
-    fmt = torch.contiguous_format
-    for cl, dim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if x.dim() == dim and x.is_contiguous(memory_format=cl):
-            fmt = cl
+    fmt = channel_format(x) or torch.contiguous_format
     return F.group_norm(x.contiguous(), num_groups, weight, bias, eps).contiguous(memory_format=fmt)
 
 

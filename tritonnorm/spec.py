@@ -118,7 +118,8 @@ def new_output(x: torch.Tensor, row_major: bool, dtype=None) -> torch.Tensor:
     return torch.empty_like(x) if dtype is None else torch.empty_like(x, dtype=dtype)
 
 
-def _channel_format(x: torch.Tensor) -> torch.memory_format:
+def channel_format(x: torch.Tensor) -> torch.memory_format:
+    """x's dense memory format: contiguous, channels_last(_3d), or None for other strides."""
     if x.is_contiguous():
         return torch.contiguous_format
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
@@ -133,7 +134,7 @@ def _nchw_strides(x: torch.Tensor):
 
     NCHW and channels_last inputs are addressed through their strides, with no
     copy; any other layout is made contiguous first."""
-    fmt = _channel_format(x)
+    fmt = channel_format(x)
     if fmt is None:
         x, fmt = x.contiguous(), torch.contiguous_format
     n, c = x.shape[0], x.shape[1]
