@@ -28,6 +28,10 @@ and the constexprs below carry the rest:
 * ``Y_STRIDED`` -- LayerNorm/RMSNorm over the last dims of a strided view (QK-norm
   of a fused QKV projection): x is read in place through (sN, sG), and y, dense,
   has its rows at (ysN, ysG) (``tiles.out_offsets``),
+* ``STAT_ROWS`` -- consecutive rows that share one set of statistics (1, or a channels_last
+  GroupNorm walked a row a channel: its group's Cg channels, tritonnorm/spec.py kernel_view):
+  PHASE 2 merges the partials of all of them, and the statistics are saved once a group, at
+  ``stat_row`` (tiles.py); PHASE 1 and 2 only,
 * ``QUANT`` -- quantized output, 1: int8, 2: fp8 e4m3: y / scale, clamped to +-qmax
   (int8 rounded half to even) and stored in Y's dtype; the scale per row is
   amax(|y|) / qmax, written to Scale (``DYNAMIC``), or one given per tensor.  A row
@@ -45,7 +49,7 @@ import triton.language as tl
 from .activation import act
 from .quant import quantize, row_scale, tile_amax
 from .tiles import (add_shifted, by_row, div, out_offsets, part_index, per_row, row_block, rsqrt,
-                    shifted_moments, sum_parts, tile_moments, tiles_count,
+                    shifted_moments, stat_row, sum_parts, tile_moments, tiles_count,
                     tile_offsets, wide)
 
 
@@ -260,7 +264,7 @@ def row_norm_fwd(
     Y_STRIDED: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr,
+    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, STAT_ROWS: tl.constexpr,
 ):
     """y = act((x - mean) * rstd * w + b [+ residual]), statistics over each (n, g) row.
 
@@ -290,7 +294,10 @@ def row_norm_fwd(
             var = tl.load(Rstd_ptr + rs, mask=rmask, other=0.0).to(ACC)
             rstd = rsqrt(var + wide(var, eps_hi, eps_lo))
         elif PHASE == 2:
-            cnt, mean, m2 = _merge_partials(Part_ptr, r, rmask, n_part, ACC, BLOCK_PART)
+            # Merged by statistics row: a row, or STAT_ROWS rows' partials, whose stores
+            # (PHASE 1, r * SPLIT + p) lie side by side, n_part = STAT_ROWS * SPLIT of them.
+            cnt, mean, m2 = _merge_partials(Part_ptr, stat_row(r, STAT_ROWS), rmask, n_part, ACC,
+                                            BLOCK_PART)
         else:
             # Shift by each row's first element (see tile_moments).
             rows = (g0 + tl.arange(0, BLOCK_G)).to(tl.int64)
@@ -339,8 +346,11 @@ def row_norm_fwd(
                 var = div(m2, tl.maximum(cnt, 1.0))
                 rstd = rsqrt(var + wide(var, eps_hi, eps_lo))
                 if p == 0:
-                    tl.store(Mean_ptr + rs, mean, mask=rmask)
-                    tl.store(Mean_ptr + (rs + n_stats), rstd, mask=rmask)
+                    # One store a statistics row: by the first of its STAT_ROWS rows.
+                    srs = stat_row(rs, STAT_ROWS)
+                    smask = rmask & ((g0 + tl.arange(0, BLOCK_G)) % STAT_ROWS == 0)
+                    tl.store(Mean_ptr + srs, mean, mask=smask)
+                    tl.store(Mean_ptr + (srs + n_stats), rstd, mask=smask)
                     if UPDATE_RUNNING:
                         _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rs, rmask,
                                         mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .activation import act_grad, mask_grad
 from .row_norm import _chunk, _load, _load_params, _tile_j
-from .tiles import (div, out_offsets, per_row, row_block, rsqrt, sum_js, sum_tile,
+from .tiles import (div, out_offsets, per_row, row_block, rsqrt, stat_row, sum_js, sum_tile,
                     tile_offsets, wide)
 
 
@@ -129,10 +129,12 @@ def _store_dz(DR_ptr, offs, mask, dz, ADD_Y: tl.constexpr):
 @triton.jit
 def _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, n_stats, eps_hi, eps_lo,
                PHASE: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
-               CENTER: tl.constexpr):
+               CENTER: tl.constexpr, STAT_ROWS: tl.constexpr):
     """Row block rb (see row_block) and its saved mean (0 without CENTER: RMSNorm's is not
-    read) and rstd, shaped for the tile."""
+    read) and rstd, shaped for the tile; rows that share statistics (STAT_ROWS) read their
+    group's (tiles.stat_row)."""
     n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
+    rs = stat_row(rs, STAT_ROWS)
     if CENTER:
         mean = per_row(tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC))
     else:
@@ -254,7 +256,7 @@ def row_norm_bwd(
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, DWB_FINAL: tl.constexpr,
-    DWB_PARTS: tl.constexpr,
+    DWB_PARTS: tl.constexpr, STAT_ROWS: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -266,7 +268,9 @@ def row_norm_bwd(
 
     The two row means come from the resident tile or a first walk over the row
     (PHASE 0), from n_part partials (PHASE 2), or are 0 when the statistics are
-    constants (PHASE 3: dx = rstd * wdy).  DWB_PARTS (rows that each own a parameter,
+    constants (PHASE 3: dx = rstd * wdy).  STAT_ROWS rows sharing statistics (row_norm.py)
+    read them at stat_row and merge all their rows' partials: the two means then run over
+    the group, M = STAT_ROWS * S elements.  DWB_PARTS (rows that each own a parameter,
     split, BatchNorm): the partials are unweighted, sum dz*xhat and sum dz, so merged they
     are dw and db of the row, stored by the merge pass with no column sum after; the row
     sums are those times w.  TILE_OUTER (LayerNorm/RMSNorm rows
@@ -296,8 +300,9 @@ def row_norm_bwd(
             for rb in range(pid, n_rb, nprog):
                 n, g0, rmask, r, rs, mean, rstd = _row_stats(
                     Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN, n_stats, eps_hi, eps_lo, PHASE, ACC,
-                    BLOCK_G, CENTER)
-                a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
+                    BLOCK_G, CENTER, STAT_ROWS)
+                a1, a2 = _given_sums(Part_ptr, stat_row(r, STAT_ROWS), rmask, n_part, PHASE, ACC,
+                                     BLOCK_G, BLOCK_PART)
                 offs, mask, g, j, x, dy = _tile_xdy(
                     X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN,
                     ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y,
@@ -321,7 +326,7 @@ def row_norm_bwd(
         for rb in range(pid, n_rb, nprog):
             n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
                                                          n_stats, eps_hi, eps_lo, PHASE, ACC,
-                                                         BLOCK_G, CENTER)
+                                                         BLOCK_G, CENTER, STAT_ROWS)
             if RESIDENT:
                 if W_MODE == 1:   # w was loaded once for all of the program's rows
                     offs, mask, g, j, x, dy = _tile_xdy(
@@ -336,7 +341,9 @@ def row_norm_bwd(
                         EVEN)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
-                a1, a2 = _given_sums(Part_ptr, r, rmask, n_part, PHASE, ACC, BLOCK_G, BLOCK_PART)
+                # A statistics row's partials: its own, or its STAT_ROWS rows', side by side.
+                a1, a2 = _given_sums(Part_ptr, stat_row(r, STAT_ROWS), rmask, n_part, PHASE, ACC,
+                                     BLOCK_G, BLOCK_PART)
                 if DWB_PARTS and DWB_FINAL:
                     _dwb_from_parts(DWB_ptr, DB_ptr, a1, a2, g0, rmask, p, Cw, BLOCK_G)
             elif RESIDENT:

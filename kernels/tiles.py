@@ -71,6 +71,18 @@ def row_block(rb, nGB, G, stat_sN, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
+def stat_row(r, STAT_ROWS: tl.constexpr):
+    """The index of rows r's statistics (and merged partials): r, or, where STAT_ROWS
+    consecutive rows share them (a channels_last GroupNorm walked a row a channel, the Cg
+    channels of a group: tritonnorm/spec.py, kernel_view), r // STAT_ROWS -- a division by
+    a constant, once a row block."""
+    if STAT_ROWS == 1:
+        return r
+    else:
+        return r // STAT_ROWS
+
+
+@triton.jit
 def per_row(v):
     """A per-row vector ``v`` [BLOCK_G] as a [BLOCK_G, BLOCK_J, BLOCK_S] tile broadcasts
     it: [BLOCK_G, 1, 1], or a scalar for a one-row block (the value itself: a sum of one

@@ -136,7 +136,7 @@ def test_kernels_walk_a_channels_last_channel_as_one_strided_axis(shape, fmt, me
     from tritonnorm.spec import BATCH, GROUP, batch_layout, channel_layout, kernel_view
     x = torch.randn(shape).contiguous(memory_format=fmt)
     _, view = batch_layout(x)
-    kv = kernel_view(view, BATCH)
+    kv = kernel_view(view, BATCH, x.element_size())
     assert kv.rows == view.rows and kv.Cg * kv.S == view.Cg * view.S
     c = shape[1]
     if merged:
@@ -145,4 +145,4 @@ def test_kernels_walk_a_channels_last_channel_as_one_strided_axis(shape, fmt, me
         assert kv == view
     if x.dim() > 2:   # GroupNorm's parameters depend on j: never merged
         _, gview = channel_layout(x, 3 if c % 3 == 0 else 1)
-        assert kernel_view(gview, GROUP) == gview
+        assert kernel_view(gview, GROUP, x.element_size()) == gview

@@ -180,3 +180,81 @@ def test_walked_statistics_stay_accurate_with_a_large_mean(norm, first, tiling, 
     ref = fns[norm](x.double()).float()
     torch_err = (fns[norm](x) - ref).abs().max()
     assert (ours_fns[norm](x) - ref).abs().max() <= 2 * torch_err + 1e-5
+
+
+# Channels_last GroupNorm whose groups are not a power of two of channels is walked a row a
+# channel, with a group's channel partials merged into its statistics (spec.kernel_view,
+# stat_rows).  (shape, num_groups): 10, 3 and 30 channels a group, one sample (its dw/db are
+# not the merged partials, as BatchNorm's are), 3-d positions.
+GN_BY_CHANNEL = [((2, 30, 5, 7), 3), ((3, 12, 4, 4), 4), ((1, 60, 3, 5), 2),
+                 ((2, 18, 3, 4, 5), 3)]
+
+
+@pytest.fixture
+def by_channel(monkeypatch):
+    """The by-channel walk for every size and dtype, not only where it pays."""
+    import tritonnorm.config as config
+    import tritonnorm.spec as spec
+    monkeypatch.setattr(spec, "BY_CHANNEL_MIN_S", 1)
+    monkeypatch.setattr(spec, "BY_CHANNEL_MAX_ITEMSIZE", 8)
+    config.clear_cache()
+    yield
+    config.clear_cache()
+
+
+def _stat_rows(x, groups):
+    from tritonnorm.spec import GROUP, kernel_view
+    return kernel_view(channel_layout(x, groups)[1], GROUP, x.element_size()).stat_rows
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape,groups", GN_BY_CHANNEL, ids=str)
+def test_channels_last_group_norm_walked_by_channel_matches_torch(shape, groups, affine, mode,
+                                                                  by_channel, device):
+    x = _layout(torch.randn(shape, dtype=mode, device=device) * 2 + 3, "channels_last")
+    assert _stat_rows(x, groups) == shape[1] // groups
+    _group_norm_case(shape, groups, "channels_last", affine, mode, device)
+
+
+@pytest.mark.parametrize("first", [0.0, 5.0], ids=["plain-first", "first-5-std-out"])
+def test_group_statistics_merged_from_channels_stay_accurate_with_a_large_mean(
+        first, tiling, by_channel, device):
+    """A group's mean and variance merged from its channels' partials (Chan's formula) are
+    as accurate as a walk's: mean 1e3, std 1, within 2x of torch's own fp32 error."""
+    torch.manual_seed(0)
+    x64 = torch.randn(2, 30, 6, 7, dtype=torch.float64, device=device) + 1e3
+    x64[:, :, 0, 0] += first
+    x = x64.float().contiguous(memory_format=torch.channels_last)
+    ref = F.group_norm(x.double(), 3).float()
+    torch_err = (F.group_norm(x, 3) - ref).abs().max()
+    assert (TF.group_norm(x, 3) - ref).abs().max() <= 2 * torch_err + 1e-5
+
+
+@pytest.mark.parametrize("dtype,shape,groups,stat_rows", [
+    (torch.bfloat16, (2, 40, 32, 32), 4, 10),    # half precision, 1024 positions: by channel
+    (torch.float16, (2, 60, 16, 8, 8), 2, 30),
+    (torch.float32, (2, 40, 32, 32), 4, 1),      # fp32: [groups, Cg, positions] tiles
+    (torch.bfloat16, (2, 40, 16, 16), 4, 1),     # 256 positions: the same
+    (torch.bfloat16, (2, 32, 32, 32), 4, 1),     # 8 channels a group: a power of two
+], ids=str)
+def test_channels_last_group_norm_is_walked_by_channel_where_it_pays(dtype, shape, groups,
+                                                                     stat_rows, device):
+    x = _layout(torch.randn(shape, dtype=dtype, device=device), "channels_last")
+    assert _stat_rows(x, groups) == stat_rows
+    assert _stat_rows(x.contiguous(), groups) == 1   # NCHW groups are contiguous runs
+    if stat_rows > 1:
+        _group_norm_case(shape, groups, "channels_last", True, dtype, device)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_group_norm_walked_by_channel_with_an_activation_and_residual(activation, tiling,
+                                                                      by_channel, device):
+    """act(group_norm(x) + residual), the epilogue applied in the by-channel merge pass and
+    its gradient taken through the merged group sums."""
+    x = _layout(torch.randn(2, 30, 5, 7, device=device), "channels_last")
+    r = torch.randn_like(x)
+    w, b = _affine(30, True, torch.float32, device)
+    act = getattr(F, activation)
+    assert_matches_torch(
+        lambda x, w, b, r: TF.group_norm(x, 3, w, b, residual=r, activation=activation),
+        lambda x, w, b, r: act(F.group_norm(x, 3, w, b) + r), [x, w, b, r])

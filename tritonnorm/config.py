@@ -164,7 +164,11 @@ def _coalescing_rows(view: RowView, order, itemsize: int) -> int:
     if not order:
         return 1
     if order[0] == "g":
-        return 32
+        # Rows that merge their group's partials (channels_last GroupNorm walked by channel,
+        # spec.kernel_view) take 16: twice the row blocks, and half the partials a merge
+        # tile loads, so a row splits further (GroupNorm 2x320x64x64 bf16 NHWC fwd+bwd, 32
+        # rows: 52.5 us, 16: 35.4, 8: 39.1; ../shared/tools/sass_model.py, triton 3.6).
+        return 16 if view.stat_rows > 1 else 32
     if order[0] == "j" and view.S > 1 and view.sG == view.Cg * view.sJ and view.Cg * itemsize < 128:
         return _p2(triton.cdiv(128, view.Cg * itemsize))
     return 1
@@ -330,7 +334,11 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # ...but the merge loads BLOCK_G x SPLIT partials at once: past MERGE_PER_THREAD
         # of them per thread they no longer fit in registers and spill (seen in
         # perf/compile_check.py at 32 rows x 128 partials on one warp).
-        split = min(split, max(1, MERGE_PER_THREAD * 32 * warps // blocks["g"]))
+        # A row that merges its group's partials (view.stat_rows: channels_last GroupNorm
+        # walked by channel, spec.kernel_view) loads stat_rows x SPLIT of them.
+        # (At 4 warps, which _four_an_sm may yet impose on it.)
+        per_row = MERGE_PER_THREAD * 32 * (warps if view.stat_rows == 1 else min(warps, 4))
+        split = min(split, max(1, per_row // blocks["g"] // view.stat_rows))
     split = max(1, min(split, tiles))
     if (not {"num_warps"} & (_overrides.keys() | tuned.keys())
             and _four_an_sm(view, x, by_element and spec.center, pass_, tiles, blocks["g"], split)):

@@ -50,7 +50,9 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
     hit = _FWD.get(key)
     if hit is not None:
         return hit
-    view = kernel_view(view, spec)
+    view = kernel_view(view, spec, x.element_size())
+    if phase == 2:   # a statistics row merges the partials of each of its rows
+        n_part *= view.stat_rows
     cfg = config.row_config(view, x, spec, "quant" if quant else "fwd")
     grid = (config.forward_programs(cfg, x), cfg.SPLIT if phase != 0 else 1)
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w, HAS_B=has_b,
@@ -62,7 +64,7 @@ def _fwd_launch(phase, x, view, spec, has_w, has_b, running, n_part, has_res=Fal
                   ACC=tl_acc(acc_dtype(x)),
                   **blocks(view, cfg, n_part, x.element_size(), False, epi[1] and phase == 2))
     # (stat_sN, n_stats): the saved statistics' per-sample stride and count (kernels)
-    ints = geometry(view, spec, cfg, n_part) + ((0, 0) if phase == 3 else (view.G, view.rows))
+    ints = geometry(view, spec, cfg, n_part) + ((0, 0) if phase == 3 else (view.G, view.stat_count))
     return config.remember(_FWD, key, make_launch(row_norm_fwd, grid, ints, consts, cfg,
                                                   fwd_pointers, view, spec))
 
@@ -96,7 +98,7 @@ def _running_kind(running) -> int:
 def forward_partials(x, view: RowView, spec: ReductionSpec, residual=None, h=None) -> torch.Tensor:
     """Per-program (count, mean, M2) of every row: shape (rows, SPLIT, 3).  With a
     ``residual``, of the rows of h = x + residual, which are written to ``h``."""
-    split = config.row_config(kernel_view(view, spec), x, spec, "fwd").SPLIT
+    split = config.row_config(kernel_view(view, spec, x.element_size()), x, spec, "fwd").SPLIT
     L = _fwd_launch(1, x, view, spec, False, False, NO_RUNNING, split, residual is not None)
     part = torch.empty(L.rows, split, 3, dtype=acc_dtype(x), device=x.device)
     _fwd(L, x, x, None, None, part, part, part, 0.0, None, residual, h)
@@ -123,7 +125,7 @@ def plain_launch(x, view: RowView, spec: ReductionSpec, has_w: bool, has_b: bool
     where the forward is more than that."""
     L = _fwd_launch(0, x, view, spec, has_w, has_b, NO_RUNNING, 1,
                     epi=_NO_EPI if act is None else _epi(act, None, None))
-    if L.cfg.SPLIT != 1:
+    if not L.whole_rows:
         return None
     return Plain(L, scalars(L, (eps, None, None if act is None else act.slope)))
 
@@ -134,7 +136,7 @@ def run_plain(plan: Plain, x, weight, bias):
     nothing else (plan.fwd_pointers): no plan.kept to pass through."""
     L = plan.L
     y = _out(L, x)
-    stats = x.new_empty(2 * L.rows,
+    stats = x.new_empty(2 * L.n_stats,
                         dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     _run_fwd(L.compiled, (x, y, weight, bias, stats, None, None, None, None, None, None, None,
                           None, None, None, None), plan.scalars, L.grid, L.opts)
@@ -182,9 +184,9 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
         # A quantized output's config never splits a row (its amax is taken in one program).
         L = _fwd_launch(0, x, view, spec, has_w, has_b, kind, 1, residual is not None,
                         QUANT_KIND.get(qdtype, 0), dynamic, epi)
-        if L.cfg.SPLIT == 1:
+        if L.whole_rows:
             y = _out(L, x, qdtype)
-            stats = x.new_empty(2 * L.rows, dtype=acc)
+            stats = x.new_empty(2 * L.n_stats, dtype=acc)
             _fwd(L, x, y, weight, bias, stats, None, None, eps, running,
                  post if residual is None else residual, h, scale, act, mask)
             return y, stats
@@ -193,7 +195,7 @@ def row_forward(x, view: RowView, spec: ReductionSpec, weight, bias, eps,
             x = h
     L = _fwd_launch(2, x, view, spec, has_w, has_b, kind, partials.shape[1], epi=epi)
     y = _out(L, x, qdtype)
-    stats = x.new_empty(2 * L.rows, dtype=acc)
+    stats = x.new_empty(2 * L.n_stats, dtype=acc)
     _fwd(L, x, y, weight, bias, stats, None, partials, eps, running, post, act=act, mask=mask)
     return y, stats
 
@@ -210,7 +212,8 @@ def _dwb_parts(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part
     dw/db sum this rank's batch only, while its partials span every rank): the merged
     partials are dw and db (row_norm_bwd's DWB_PARTS), so the column sum of per-program
     dw/db scratch -- a launch, and its scratch -- goes."""
-    return n_part is None and view.N == 1 and w_mode(view, spec, cfg) == W_BY_ROW
+    return (n_part is None and view.N == 1 and w_mode(view, spec, cfg) == W_BY_ROW
+            and view.stat_rows == 1)   # merged over a group of rows, the partials are not a row's
 
 
 class _Backward(NamedTuple):
@@ -239,8 +242,8 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), True),
                   DWB_FINAL=final and need_dwb and phase != 1, DWB_PARTS=parts)
-    ints = geometry(view, spec, cfg, n_part) + ((0, 0) if phase == 3 else (view.G, view.rows)) + (
-        param_count(view, spec),)
+    ints = geometry(view, spec, cfg, n_part) + (
+        (0, 0) if phase == 3 else (view.G, view.stat_count)) + (param_count(view, spec),)
     return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
                        bwd_pointers, view, spec)
 
@@ -256,12 +259,13 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     hit = _BWD.get(key)
     if hit is not None:
         return hit
-    view = kernel_view(view, spec)
+    view = kernel_view(view, spec, x.element_size())
     cfg = config.row_config(view, x, spec, "bwd")
     cw = param_count(view, spec)
     nprog = config.backward_programs(cfg, x, cw, spec.w_mode)
     part = None
-    split = not fixed and (n_part is not None or cfg.SPLIT > 1 or _tile_outer(spec, cfg))
+    split = not fixed and (n_part is not None or cfg.SPLIT > 1 or _tile_outer(spec, cfg)
+                           or view.stat_rows > 1)
     parts = split and need_dwb and _dwb_parts(view, spec, cfg, n_part)
     slots = 1 if parts else dwb_slots(view, spec, cfg, nprog)
     flags = (has_dres, has_b, epi, slots == 1)
@@ -273,9 +277,9 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
         part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags, parts)
         if epi[1]:   # the partials pass stored dz (the residual's gradient): the merge reads it
             flags = (has_dres, False, (0, False, False), slots == 1)
-        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
-                           *flags, parts)
-    plan = _Backward(main, part, slots, cw, float(view.Cg * view.S))
+        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog,
+                           (n_part or cfg.SPLIT) * view.stat_rows, *flags, parts)
+    plan = _Backward(main, part, slots, cw, float(view.Cg * view.S * view.stat_rows))
     return config.remember(_BWD, key, plan)
 
 

@@ -41,8 +41,15 @@ class Launch(NamedTuple):
     compiled: dict  # the compiled kernels its launches use (launch.launcher)
     keep: tuple     # (pointer parameters, the indices of those the specialisation uses)
     scalars: dict   # runtime floats -> every scalar argument of the launch (``scalars``)
-    rows: int = 0   # rows of the view: the statistics a forward saves
+    rows: int = 0   # rows of the view (and of its partials)
     dense_out: bool = False   # outputs row-major, x's rows being strided (spec.rows_strided)
+    n_stats: int = 0   # the statistics a forward saves: one a row, or a group of rows
+
+    @property
+    def whole_rows(self) -> bool:
+        """One program has all a statistic's elements: the rows are not split, and no rows
+        share statistics (RowView.stat_rows), whose partials must then be merged."""
+        return self.cfg.SPLIT == 1 and self.n_stats == self.rows
 
 
 def fwd_pointers(c: dict) -> set:
@@ -111,7 +118,7 @@ def make_launch(kernel, grid, ints, consts: dict, cfg, pointers=None, view=None,
     grid = tuple(grid) + (1,) * (3 - len(grid))
     ptrs = [n for n in kernel.arg_names if n.endswith("_ptr")]
     used = pointers(consts) if pointers is not None else set(ptrs)
-    out = () if view is None else (view.rows, rows_strided(view, spec))
+    out = () if view is None else (view.rows, rows_strided(view, spec), view.stat_count)
     return Launch(grid, ints, tuple(consts[n] for n in names), opts, cfg, {},
                   (len(ptrs), tuple(i for i, n in enumerate(ptrs) if n in used)), {}, *out)
 
@@ -193,7 +200,7 @@ def blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, bac
     """The tile constexprs (EVEN: see even)."""
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
                 BLOCK_PART=p2(n_part), EVEN=even(view, cfg, itemsize, backward, residual_merge),
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                STAT_ROWS=view.stat_rows, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def split_float(value):

@@ -55,10 +55,18 @@ class RowView(NamedTuple):
     sJ: int
     sS: int
     memory_format: torch.memory_format
+    # Consecutive rows that share one set of statistics: 1, or, in a kernel_view that walks a
+    # channels_last GroupNorm by channel, the Cg channels of a group.
+    stat_rows: int = 1
 
     @property
     def rows(self) -> int:
         return self.N * self.G
+
+    @property
+    def stat_count(self) -> int:
+        """Sets of statistics (mean, rstd) a forward saves: one a row, or a group of rows."""
+        return self.rows // self.stat_rows
 
 
 def row_layout(x: torch.Tensor, k: int, strided: bool = False):
@@ -157,18 +165,57 @@ def batch_layout(x: torch.Tensor):
     return x, RowView(1, c, n, s, 0, s_c, s_n, s_s, fmt)
 
 
-def kernel_view(view: RowView, spec: ReductionSpec) -> RowView:
-    """The view the kernels walk: ``view``, except where the j axis steps over whole runs of
-    s (sJ = S * sS, BatchNorm channels_last: a channel's samples x positions are one axis
-    of stride C) and the parameters do not depend on j (by row): there j and s merge into
-    one s axis of Cg * S, whose tiles waste no lanes on S's remainder (BatchNorm 7x7: S = 49
-    in blocks of 64 left 23 % of every tile masked; 32 x 49 = 1568 is walked in whole
-    blocks).  The rows, their lengths and their statistics are the same."""
+def kernel_view(view: RowView, spec: ReductionSpec, itemsize: int) -> RowView:
+    """The view the kernels walk: ``view``, except
+
+    * where the j axis steps over whole runs of s (sJ = S * sS, BatchNorm channels_last: a
+      channel's samples x positions are one axis of stride C) and the parameters do not
+      depend on j (by row): there j and s merge into one s axis of Cg * S, whose tiles waste
+      no lanes on S's remainder (BatchNorm 7x7: S = 49 in blocks of 64 left 23 % of every
+      tile masked; 32 x 49 = 1568 is walked in whole blocks).  The rows, their lengths and
+      their statistics are the same;
+    * a channels_last GroupNorm whose groups are short runs of channels (``_by_channel``):
+      walked as InstanceNorm is, a row a channel, with ``stat_rows = Cg`` -- the partials of
+      a group's Cg channels are merged into its statistics (kernels/row_norm.py)."""
     if (spec.w_mode == W_BY_ROW and view.Cg > 1 and view.S > 1
             and view.sJ == view.S * view.sS):
         return RowView(view.N, view.G, 1, view.Cg * view.S, view.sN, view.sG, 0, view.sS,
                        view.memory_format)
+    if _by_channel(view, spec, itemsize):
+        return RowView(view.N, view.G * view.Cg, 1, view.S, view.sN, 1, 0, view.sS,
+                       view.memory_format, view.Cg)
     return view
+
+
+def _by_channel(view: RowView, spec: ReductionSpec, itemsize: int) -> bool:
+    """A channels_last GroupNorm (channels contiguous, positions C apart) whose group is not
+    a power of two of channels: its [groups, Cg, positions] tile padded Cg (10 to 16 at
+    2x320x64x64, 38 % of the lanes idle), and a run of Cg channels starts off a 16-byte
+    boundary, so every load was a 16-bit scalar (7 DRAM round trips a tile).  Walked by
+    channel, a tile is [channels, positions] with the channels one contiguous, unpadded run
+    of 16-byte loads, as channels_last InstanceNorm's (issue 23, item 5).
+
+    In half precision and from 1024 positions: fwd+bwd, bf16 NHWC, 2x320x64x64 43.6 ->
+    35.4 us, 2x320x128x128 95 -> 66, 2x640x64x64 60 -> 47, 2x1280x64x64 137 -> 72,
+    2x1280x32x32 52 -> 37, 2x1920x32x32 52 -> 44; 2x960x64x64 and 4x320x64x64 even;
+    2x960x32x32 31 -> 36.  Fewer positions lost by it (2x1280x16x16 23 -> 28: the tile of
+    whole groups is resident there), and so did fp32 (2x320x64x64 41 -> 57: rows of 16
+    channels, 64 bytes, are walked with one load in flight).
+    ../shared/tools/sass_model.py, triton 3.6."""
+    return (spec.w_mode == W_BY_CHANNEL and view.Cg > 1 and view.G > 1
+            and view.S >= BY_CHANNEL_MIN_S and itemsize <= BY_CHANNEL_MAX_ITEMSIZE
+            and view.sJ == 1 and view.sG == view.Cg and view.sS == view.G * view.Cg
+            and view.Cg & (view.Cg - 1) != 0 and view.Cg <= MAX_STAT_ROWS)
+
+
+# Where the by-channel walk pays (see _by_channel); tests lower them to walk small shapes
+# in every dtype that way.
+BY_CHANNEL_MIN_S = 1024
+BY_CHANNEL_MAX_ITEMSIZE = 2
+# The merge pass loads a group's Cg x SPLIT partials for each of its rows at once: past 64
+# channels a group, 16 rows of them would not fit in registers even unsplit (config's
+# MERGE_PER_THREAD), and such groups fill the [groups, Cg, positions] tile well anyway.
+MAX_STAT_ROWS = 64
 
 
 def match_layout(t: torch.Tensor, view: RowView) -> torch.Tensor:
