@@ -207,13 +207,21 @@ def _stat_rows(x, groups):
     return kernel_view(channel_layout(x, groups)[1], GROUP, x.element_size()).stat_rows
 
 
-@pytest.mark.parametrize("affine", [False, True])
-@pytest.mark.parametrize("shape,groups", GN_BY_CHANNEL, ids=str)
-def test_channels_last_group_norm_walked_by_channel_matches_torch(shape, groups, affine, mode,
+@pytest.mark.parametrize("shape,groups", GN_BY_CHANNEL[:1], ids=str)
+def test_channels_last_group_norm_walked_by_channel_matches_torch(shape, groups, mode,
                                                                   by_channel, device):
     x = _layout(torch.randn(shape, dtype=mode, device=device) * 2 + 3, "channels_last")
     assert _stat_rows(x, groups) == shape[1] // groups
-    _group_norm_case(shape, groups, "channels_last", affine, mode, device)
+    _group_norm_case(shape, groups, "channels_last", True, mode, device)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape,groups", GN_BY_CHANNEL[1:], ids=str)
+def test_channels_last_group_norm_walked_by_channel_in_every_shape(shape, groups, affine,
+                                                                   tiling, by_channel, device):
+    x = _layout(torch.randn(shape, device=device), "channels_last")
+    assert _stat_rows(x, groups) == shape[1] // groups
+    _group_norm_case(shape, groups, "channels_last", affine, torch.float32, device)
 
 
 @pytest.mark.parametrize("first", [0.0, 5.0], ids=["plain-first", "first-5-std-out"])
@@ -246,7 +254,7 @@ def test_channels_last_group_norm_is_walked_by_channel_where_it_pays(dtype, shap
         _group_norm_case(shape, groups, "channels_last", True, dtype, device)
 
 
-@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("activation", ["silu"])
 def test_group_norm_walked_by_channel_with_an_activation_and_residual(activation, tiling,
                                                                       by_channel, device):
     """act(group_norm(x) + residual), the epilogue applied in the by-channel merge pass and
