@@ -201,7 +201,14 @@ def _by_channel(view: RowView, spec: ReductionSpec, itemsize: int) -> bool:
     2x960x32x32 31 -> 36.  Fewer positions lost by it (2x1280x16x16 23 -> 28: the tile of
     whole groups is resident there), and so did fp32 (2x320x64x64 41 -> 57: rows of 16
     channels, 64 bytes, are walked with one load in flight).
-    ../shared/tools/sass_model.py, triton 3.6."""
+    ../shared/tools/sass_model.py, triton 3.6.
+
+    fp32 is also where the merge would cost accuracy: a channel's partial means are stored
+    in the statistics dtype, rounded at the scale of the mean, and the merge's
+    c * (m_i - mean)^2 terms carry that rounding, so at |mean| / std of a few thousand a group's fp32
+    variance came out 4e-5 to 1e-4 off (relative), against 2e-7 for the padded walk, which
+    shifts by one value of the group.  A half-precision input's own rounding is far
+    coarser than that."""
     return (spec.w_mode == W_BY_CHANNEL and view.Cg > 1 and view.G > 1
             and view.S >= BY_CHANNEL_MIN_S and itemsize <= BY_CHANNEL_MAX_ITEMSIZE
             and view.sJ == 1 and view.sG == view.Cg and view.sS == view.G * view.Cg
