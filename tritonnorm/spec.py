@@ -205,9 +205,9 @@ def _by_channel(view: RowView, spec: ReductionSpec, itemsize: int) -> bool:
 
     fp32 is also where the merge would cost accuracy: a channel's partial means are stored
     in the statistics dtype, rounded at the scale of the mean, and the merge's
-    c * (m_i - mean)^2 terms carry that rounding, so at |mean| / std of a few thousand a group's fp32
-    variance came out 4e-5 to 1e-4 off (relative), against 2e-7 for the padded walk, which
-    shifts by one value of the group.  A half-precision input's own rounding is far
+    c * (m_i - mean)^2 terms carry that rounding, so at |mean| / std of a few thousand a
+    group's fp32 variance came out 4e-5 to 1e-4 off (relative), against 2e-7 for the padded
+    walk, which shifts by one value of the group.  A half-precision input's own rounding is far
     coarser than that."""
     return (spec.w_mode == W_BY_CHANNEL and view.Cg > 1 and view.G > 1
             and view.S >= BY_CHANNEL_MIN_S and itemsize <= BY_CHANNEL_MAX_ITEMSIZE
