@@ -215,8 +215,10 @@ def test_channels_last_group_norm_walked_by_channel_matches_torch(shape, groups,
     _group_norm_case(shape, groups, "channels_last", True, mode, device)
 
 
-@pytest.mark.parametrize("affine", [False, True])
-@pytest.mark.parametrize("shape,groups", GN_BY_CHANNEL[1:], ids=str)
+# Every shape with weight and bias, and one without.
+@pytest.mark.parametrize("shape,groups,affine",
+                         [(*case, True) for case in GN_BY_CHANNEL[1:]] + [(*GN_BY_CHANNEL[1], False)],
+                         ids=str)
 def test_channels_last_group_norm_walked_by_channel_in_every_shape(shape, groups, affine,
                                                                    tiling, by_channel, device):
     x = _layout(torch.randn(shape, device=device), "channels_last")
