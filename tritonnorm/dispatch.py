@@ -235,6 +235,8 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
     if parts and phase == 1:
         # The unweighted partials need w only to recompute z for an activation.
         has_w = has_w and epi[0] != 0 and not epi[2]
+    if phase == 2:   # a statistics row merges the partials of each of its rows (_fwd_launch)
+        n_part *= view.stat_rows
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
                   NEED_DWB=need_dwb and phase != 1 and not parts, W_MODE=w_mode(view, spec, cfg),
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
@@ -277,8 +279,8 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
         part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags, parts)
         if epi[1]:   # the partials pass stored dz (the residual's gradient): the merge reads it
             flags = (has_dres, False, (0, False, False), slots == 1)
-        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog,
-                           (n_part or cfg.SPLIT) * view.stat_rows, *flags, parts)
+        main = _bwd_launch(2, x, view, spec, cfg, has_w, need_dwb, nprog, n_part or cfg.SPLIT,
+                           *flags, parts)
     plan = _Backward(main, part, slots, cw, float(view.Cg * view.S * view.stat_rows))
     return config.remember(_BWD, key, plan)
 
