@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import tritonnorm
 import tritonnorm.functional as TF
 from oracle import assert_matches_torch
+from tritonnorm.fused import add_layer_norm
 
 # (input shape, normalized_shape): a single element, odd, prime, several
 # trailing dims.  Under the "looped" and "split" modes these span many tiles.
@@ -45,6 +46,57 @@ def _layer_norm_case(xshape, nshape, affine, dtype, device):
     w, b = _params(nshape, affine, dtype, device)
     assert_matches_torch(lambda x, w, b: TF.layer_norm(x, nshape, w, b, 1e-5),
                          lambda x, w, b: F.layer_norm(x, nshape, w, b, 1e-5), [x, w, b])
+
+
+# Half-precision LayerNorm rows of 513 to 1024 elements, whose forward runs a row a
+# program on one warp (config._warp_a_row), and rows on either side of that range.
+WARP_ROWS = [((6, 600), (600,)), ((3, 2, 768), (768,)), ((4, 1024), (1024,))]
+
+
+def _forward_launches(monkeypatch):
+    """(programs, num_warps) of every forward launch from here on."""
+    from tritonnorm import dispatch
+    seen = []
+    run = dispatch._run_fwd
+    monkeypatch.setattr(dispatch, "_run_fwd",
+                        lambda *a: (seen.append((a[3][0], a[4]["num_warps"])), run(*a))[1])
+    return seen
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("xshape,nshape", WARP_ROWS, ids=str)
+def test_half_precision_layer_norm_rows_of_one_warp_match_torch(xshape, nshape, dtype, residual,
+                                                                device, monkeypatch):
+    """Each row one program of one warp, as many programs as rows (up to 12 an SM), and
+    the output and every gradient torch's -- with the residual add fused before it too
+    (h = x + residual, rounded to x's dtype, then the norm of h)."""
+    from tritonnorm._runtime import target_programs
+    seen = _forward_launches(monkeypatch)
+    x = torch.randn(xshape, dtype=dtype, device=device) * 2 + 1
+    r = torch.randn_like(x) if residual else None
+    w, b = _params(nshape, "weight+bias", dtype, device)
+    if residual:
+        assert_matches_torch(lambda x, w, b, r: add_layer_norm(x, r, nshape, w, b)[0],
+                             lambda x, w, b, r: F.layer_norm(x + r, nshape, w, b), [x, w, b, r])
+    else:
+        _layer_norm_case(xshape, nshape, "weight+bias", dtype, device)
+    rows = x.numel() // x.shape[-1]
+    assert seen and all(s == (min(rows, 3 * target_programs(x)), 1) for s in seen)
+
+
+@pytest.mark.parametrize("norm,width,dtype", [
+    ("layer", 768, torch.float32),    # fp32 is at its floor either way
+    ("layer", 512, torch.bfloat16),   # rows of 512 lost by it
+    ("layer", 2048, torch.bfloat16),
+    ("rms", 768, torch.bfloat16),     # one reduction, no mean: at its floor either way
+], ids=str)
+def test_other_rows_keep_several_rows_a_tile(norm, width, dtype, device, monkeypatch):
+    seen = _forward_launches(monkeypatch)
+    x = torch.randn(64, width, dtype=dtype, device=device)
+    layer = (tritonnorm.LayerNorm if norm == "layer" else tritonnorm.RMSNorm)(width)
+    layer.to(device, dtype)(x)
+    assert seen and all(warps > 1 for _, warps in seen)
 
 
 @pytest.mark.parametrize("affine,eps", [("none", None), ("weight", 1e-6)])

@@ -73,6 +73,7 @@ class RowConfig:
     T: int          # tiles per row
     num_warps: int
     num_stages: int = 3   # software-pipelining depth of the tile loops (triton's default)
+    per_sm: int = 4       # programs an SM the forward's persistent grid aims at (_warp_a_row)
 
 
 def _p2(n: int) -> int:
@@ -226,6 +227,24 @@ def _four_an_sm(view: RowView, x: torch.Tensor, layer: bool, pass_: str, tiles: 
     return pass_ == "fwd" and layer and tiles == 1 and block_g > 1
 
 
+# Programs an SM for one-warp programs (_warp_a_row): as many as fit at up to 170
+# registers a thread (65536 / (32 x 170) = 12), one wave of them.
+WARP_A_ROW_PER_SM = 12
+
+
+def _warp_a_row(view: RowView, x: torch.Tensor, spec, pass_) -> bool:
+    """A LayerNorm forward in half precision whose rows are 513 to 1024 elements: one row a
+    tile and one warp a program, 12 programs an SM.  Rows of a [4, 1024] tile spread over 4
+    warps reduced through shared memory, with barriers (44 shuffles, 24 shared accesses and
+    10 barriers a row block): latency-bound.  A warp reduces its row with shuffles alone.
+    ../shared/tools/sass_model.py, forward, triton 3.6 / 3.9: 8192x768 bf16 12.5 -> 8.5 /
+    12.2 -> 9.5 us, 16384x1024 21.7 -> 18.1 / 21.1 -> 18.1, 4096x1024 fp16 7.8 -> 6.4.
+    Rows of 512 lost by it (16384x512 12.6 -> 13.6, 3.6), fp32 and RMSNorm (no mean, no
+    second reduction) are at their bandwidth floor either way."""
+    return (pass_ == "fwd" and spec is not None and spec.w_mode == W_BY_ELEMENT and spec.center
+            and x.element_size() == 2 and view.S == 1 and 512 < view.Cg <= 1024)
+
+
 def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     # "quant": the forward with quantized output, whose row amax must be whole in one
     # program -- the forward's config, never split.
@@ -235,6 +254,9 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     # Weights indexed by element (LayerNorm/RMSNorm) are as long as a row.
     by_element = spec is not None and spec.w_mode == W_BY_ELEMENT
     max_tile = _overrides.get("max_tile", tuned.get("max_tile", MAX_TILE.get(x.dtype, DEFAULT_MAX_TILE)))
+    warp_a_row = not (_overrides.keys() | tuned.keys()) and _warp_a_row(view, x, spec, pass_)
+    if warp_a_row:
+        max_tile = _p2(view.Cg)
     sizes = {"g": view.G, "j": view.Cg, "s": view.S}
     strides = {"g": view.sG, "j": view.sJ, "s": view.sS}
     # Fill the tile along the fastest-moving axis first so that consecutive lanes
@@ -242,7 +264,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     order = sorted((a for a in sizes if sizes[a] > 1), key=lambda a: strides[a])
     min_g = min(_p2(view.G), _coalescing_rows(view, order, x.element_size()))
     row = _p2(view.Cg) * _p2(view.S)   # the tile that holds one whole row
-    if not {"max_tile"} & (_overrides.keys() | tuned.keys()):
+    if not {"max_tile"} & (_overrides.keys() | tuned.keys()) and not warp_a_row:
         # Rows that are one contiguous run (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm).
         contiguous_rows = (view.S == 1 and view.sJ == 1) or (view.sS == 1 and view.sJ == view.S)
         wide = contiguous_rows and (pass_ == "fwd" or not by_element)
@@ -346,8 +368,10 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     chunk = max(1, triton.cdiv(tiles, split))
     split = max(1, triton.cdiv(tiles, chunk))  # an empty row (an empty rank) walks no tile
     stages = _overrides.get("num_stages", tuned.get("num_stages", 3))
+    if warp_a_row:
+        warps = 1
     return RowConfig(blocks["g"], blocks["j"], blocks["s"], split, chunk, n_rb, n_gb, n_sb, tiles,
-                     warps, stages)
+                     warps, stages, WARP_A_ROW_PER_SM if warp_a_row else 4)
 
 
 def forward_programs(cfg: RowConfig, x: torch.Tensor) -> int:
@@ -355,7 +379,7 @@ def forward_programs(cfg: RowConfig, x: torch.Tensor) -> int:
     so that a program walks many row blocks and loads LayerNorm's w and b once."""
     if "programs" in _overrides:
         return max(1, min(cfg.n_rb, _overrides["programs"]))
-    return max(1, min(cfg.n_rb, target_programs(x)))
+    return max(1, min(cfg.n_rb, target_programs(x) * cfg.per_sm // 4))
 
 
 def backward_programs(cfg: RowConfig, x: torch.Tensor, cw: int, w_mode: int = W_BY_ELEMENT) -> int:
