@@ -256,7 +256,7 @@ def row_norm_bwd(
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, DWB_FINAL: tl.constexpr,
-    DWB_PARTS: tl.constexpr, STAT_ROWS: tl.constexpr,
+    DWB_PARTS: tl.constexpr, STAT_ROWS: tl.constexpr, OWN_G: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -273,7 +273,10 @@ def row_norm_bwd(
     the group, M = STAT_ROWS * S elements.  DWB_PARTS (rows that each own a parameter,
     split, BatchNorm): the partials are unweighted, sum dz*xhat and sum dz, so merged they
     are dw and db of the row, stored by the merge pass with no column sum after; the row
-    sums are those times w.  TILE_OUTER (LayerNorm/RMSNorm rows
+    sums are those times w.  OWN_G (rows unsplit, one j block of parameters a row, W_MODE 2
+    or 3, and one program a block of G: nprog = nGB): a program's row blocks are one g block
+    of every sample, so its dw/db sums over all of them, in registers, are final -- stored
+    once, in a fixed order, with no column sum after.  TILE_OUTER (LayerNorm/RMSNorm rows
     longer than a tile, row sums given) swaps the loops, tiles outside and
     rows inside, so a tile's dw/db sum over all of the program's rows stays in
     registers.
@@ -323,6 +326,14 @@ def row_norm_bwd(
                                 BLOCK_G, BLOCK_J)
             rw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
             rbias = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
+        if OWN_G and NEED_DWB:
+            tl.static_assert(W_MODE == 2 or W_MODE == 3, "OWN_G: a row's parameters in one block")
+            if W_MODE == 2:
+                ow = tl.zeros([BLOCK_G], ACC)
+                ob = tl.zeros([BLOCK_G], ACC)
+            else:
+                ow = tl.zeros([BLOCK_G, BLOCK_J], ACC)
+                ob = tl.zeros([BLOCK_G, BLOCK_J], ACC)
         for rb in range(pid, n_rb, nprog):
             n, g0, rmask, r, rs, mean, rstd = _row_stats(Mean_ptr, Rstd_ptr, rb, nGB, G, stat_sN,
                                                          n_stats, eps_hi, eps_lo, PHASE, ACC,
@@ -378,6 +389,12 @@ def row_norm_bwd(
                         if W_MODE == 1:
                             rw += dy * xhat
                             rbias += dy
+                        elif OWN_G and W_MODE == 2:
+                            ow += sum_tile(dy * xhat)
+                            ob += sum_tile(dy)
+                        elif OWN_G:
+                            ow += tl.sum(dy * xhat, axis=2)
+                            ob += tl.sum(dy, axis=2)
                         elif W_MODE == 2:
                             _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
                                        g0 + tl.arange(0, BLOCK_G), rmask, sum_tile(dy * xhat),
@@ -415,7 +432,13 @@ def row_norm_bwd(
                                                tl.sum(lw, axis=2), tl.sum(lb, axis=2), DWB_FINAL)
                                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
-                    if NEED_DWB and W_MODE == 2:
+                    if NEED_DWB and OWN_G and W_MODE == 2:
+                        ow += sum_js(lw)
+                        ob += sum_js(lb)
+                    elif NEED_DWB and OWN_G and W_MODE == 3:
+                        ow += tl.sum(lw, axis=2)
+                        ob += tl.sum(lb, axis=2)
+                    elif NEED_DWB and W_MODE == 2:
                         _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
                                    g0 + tl.arange(0, BLOCK_G), rmask, sum_js(lw), sum_js(lb),
                                    DWB_FINAL)
@@ -431,6 +454,14 @@ def row_norm_bwd(
                             zero = tl.zeros([BLOCK_G, BLOCK_J], ACC)
                             _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask, zero,
                                        zero, DWB_FINAL)
+        if OWN_G and NEED_DWB:
+            # This program's g block (row blocks pid, pid + nGB, ...: one of every sample).
+            if W_MODE == 2:
+                rows = pid * BLOCK_G + tl.arange(0, BLOCK_G)
+                _store_dwb(DWB_ptr, DB_ptr, 0, Cw, rows, rows < G, ow, ob, DWB_FINAL)
+            else:
+                cidx, cmask = _channels(pid * BLOCK_G, 0, Cg, G, BLOCK_G, BLOCK_J)
+                _store_dwb(DWB_ptr, DB_ptr, 0, Cw, cidx, cmask, ow, ob, DWB_FINAL)
         if RESIDENT and W_MODE == 1 and NEED_DWB:
             _store_dwb(DWB_ptr, DB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(rw, axis=2), axis=0),
                        tl.sum(tl.sum(rbias, axis=2), axis=0), DWB_FINAL)

@@ -161,6 +161,26 @@ ONE_SLOT = {
                           {"max_tile": 32, "split": 3, "programs": 1}, 2),
     "group 1 sample": (lambda: tritonnorm.GroupNorm(3, 6), lambda: torch.nn.GroupNorm(3, 6),
                        (1, 6, 5, 3), {}, 1),
+    # A few samples, rows unsplit: one program a block of groups or channels walks it in
+    # every sample (dispatch._own_g) -- resident, walked in tiles, channels_last, and the
+    # given statistics of an InstanceNorm in eval mode.
+    "group 2 samples": (lambda: tritonnorm.GroupNorm(3, 6), lambda: torch.nn.GroupNorm(3, 6),
+                        (2, 6, 5, 3), {}, 1),
+    "group 2 samples walked channels_last": (lambda: tritonnorm.GroupNorm(2, 6),
+                                             lambda: torch.nn.GroupNorm(2, 6), (2, 6, 5, 3, "cl"),
+                                             {"max_tile": 16, "split": 1}, 1),
+    "instance 2 samples": (lambda: tritonnorm.InstanceNorm2d(6, affine=True),
+                           lambda: torch.nn.InstanceNorm2d(6, affine=True), (2, 6, 5, 3), {}, 1),
+    "instance 2 samples channels_last": (lambda: tritonnorm.InstanceNorm2d(6, affine=True),
+                                         lambda: torch.nn.InstanceNorm2d(6, affine=True),
+                                         (2, 6, 5, 3, "cl"), {}, 1),
+    "instance1d 2 samples walked": (lambda: tritonnorm.InstanceNorm1d(5, affine=True),
+                                    lambda: torch.nn.InstanceNorm1d(5, affine=True), (2, 5, 40),
+                                    {"max_tile": 8, "split": 1}, 1),
+    "instance eval 2 samples": (
+        lambda: tritonnorm.InstanceNorm2d(6, affine=True, track_running_stats=True).eval(),
+        lambda: torch.nn.InstanceNorm2d(6, affine=True, track_running_stats=True).eval(),
+        (2, 6, 5, 3), {}, 1),
 }
 
 

@@ -21,8 +21,9 @@ from . import config
 from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
-from .plan import (Launch, acc_dtype, blocks, bwd_pointers, cdiv, dwb_slots, fwd_pointers,
-                   geometry, kept, make_launch, param_count, scalars, tl_acc, w_mode)
+from .plan import (W_BY_CHANNEL_ONE_BLOCK, Launch, acc_dtype, blocks, bwd_pointers, cdiv,
+                   dwb_slots, fwd_pointers, geometry, kept, make_launch, param_count, scalars,
+                   tl_acc, w_mode)
 from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, kernel_view, new_output, rows_strided
 
 
@@ -216,6 +217,29 @@ def _dwb_parts(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part
             and view.stat_rows == 1)   # merged over a group of rows, the partials are not a row's
 
 
+def _own_g(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, target: int) -> bool:
+    """An unsplit backward whose rows' parameters are one block a row (by row, or by channel
+    in one j block: InstanceNorm, GroupNorm): one program a g block walks that block in every
+    sample and sums its dw/db in registers (row_norm_bwd's OWN_G), so the column sum of
+    per-sample dw/db scratch -- a launch and its scratch -- goes.
+
+    The price is a program's rows: N of them, against ceil(n_rb / programs) at ``target``
+    programs.  One row more paid for the launch it saves, three more did not (fwd+bwd, NCHW,
+    ../shared/tools/sass_model.py, triton 3.6 / 3.9): GroupNorm 2x1280x16x16 bf16 14.5 ->
+    12.7 / 13.7 -> 11.3 us, InstanceNorm 2x64x128x128 bf16 14.4 -> 12.2 / 14.3 -> 10.6,
+    GroupNorm 3x640x16x16 fp32 14.0 -> 13.4 / 13.6 -> 12.6; GroupNorm 4x1280x16x16 bf16 (32
+    programs of 4 rows, not 128 of 1) 14.5 -> 18.2 / 13.7 -> 15.3.
+
+    Not for a tile past 8192 elements (16 warps, 128 registers a thread: see plan.even),
+    where the sums held across rows spilled: GroupNorm 2x1280x16x16 NCHW bf16 / fp32 (40
+    channels a group in a [1, 64, 256] tile, a 24 / 150-byte stack already) 74 / 411 bytes,
+    2x512x32x32 bf16 42 -> 121, InstanceNorm 2x64x128x128 fp32 0 -> 13 (triton 3.9)."""
+    rows_each = cdiv(cfg.n_rb, max(1, min(cfg.n_rb, target)))
+    return (1 < view.N <= rows_each + 1 and view.stat_rows == 1
+            and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S <= 8192
+            and w_mode(view, spec, cfg) in (W_BY_ROW, W_BY_CHANNEL_ONE_BLOCK))
+
+
 class _Backward(NamedTuple):
     """A backward's memoised plan: its main launch, and the partials launch
     (PHASE 1) where rows are split."""
@@ -228,7 +252,7 @@ class _Backward(NamedTuple):
 
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                 has_dres=False, has_b=False, epi=(0, False, False), final=False,
-                parts=False) -> Launch:
+                parts=False, own=False) -> Launch:
     """``final``: the dw/db scratch would have one slot, so the kernel stores dw and db
     themselves (DWB_FINAL) and no column sum follows.  ``parts`` (DWB_PARTS): dw and db
     come from the merged partials (_dwb_parts), not from the merge pass's walk."""
@@ -243,7 +267,8 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), True),
-                  DWB_FINAL=final and need_dwb and phase != 1, DWB_PARTS=parts)
+                  DWB_FINAL=final and need_dwb and phase != 1, DWB_PARTS=parts,
+                  OWN_G=own and need_dwb and phase in (0, 3))
     ints = geometry(view, spec, cfg, n_part) + (
         (0, 0) if phase == 3 else (view.G, view.stat_count)) + (param_count(view, spec),)
     return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
@@ -269,12 +294,15 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     split = not fixed and (n_part is not None or cfg.SPLIT > 1 or _tile_outer(spec, cfg)
                            or view.stat_rows > 1)
     parts = split and need_dwb and _dwb_parts(view, spec, cfg, n_part)
-    slots = 1 if parts else dwb_slots(view, spec, cfg, nprog)
+    own = not split and need_dwb and _own_g(view, spec, cfg, target_programs(x))
+    if own:
+        nprog = cfg.nGB
+    slots = 1 if parts or own else dwb_slots(view, spec, cfg, nprog)
     flags = (has_dres, has_b, epi, slots == 1)
     if fixed:
-        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
+        main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags, own=own)
     elif not split:
-        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags)
+        main = _bwd_launch(0, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags, own=own)
     else:
         part = _bwd_launch(1, x, view, spec, cfg, has_w, False, nprog, cfg.SPLIT, *flags, parts)
         if epi[1]:   # the partials pass stored dz (the residual's gradient): the merge reads it
