@@ -32,6 +32,8 @@ and the constexprs below carry the rest:
   GroupNorm walked a row a channel: its group's Cg channels, tritonnorm/spec.py kernel_view):
   PHASE 2 merges the partials of all of them, and the statistics are saved once a group, at
   ``stat_row`` (tiles.py); PHASE 1 and 2 only,
+* ``I32`` -- tile offsets in int32, one register an element, where every offset fits and
+  a tile's elements load one by one (tiles.tile_offsets; both kernels),
 * ``QUANT`` -- quantized output, 1: int8, 2: fp8 e4m3: y / scale, clamped to +-qmax
   (int8 rounded half to even) and stored in Y's dtype; the scale per row is
   amax(|y|) / qmax, written to Scale (``DYNAMIC``), or one given per tensor.  A row
@@ -158,13 +160,13 @@ def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.cons
 @triton.jit
 def _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                ACC: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_G: tl.constexpr,
-               BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr):
+               BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr, I32: tl.constexpr):
     """(x or h, mask) of tile t of a statistics walk that ends before tile t1, in ACC, loaded
     without a fill value (a fill is a write to the same registers ahead of each predicated
     load, which serialises them): the caller drops the lanes outside the mask.  With EVEN
     the caller keeps t < t1 and the mask stays a constant."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
     if not EVEN:
         mask = mask & ((tl.zeros([1, 1, 1], tl.int32) + t) < t1)
     return _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES, False), mask
@@ -200,10 +202,10 @@ def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, s
             W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr,
             ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
             BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-            EVEN: tl.constexpr):
+            EVEN: tl.constexpr, I32: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
     xt = _load(Src_ptr, offs, mask, False).to(ACC)   # lanes outside mask are never stored
     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
     y = _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
@@ -264,7 +266,7 @@ def row_norm_fwd(
     Y_STRIDED: tl.constexpr, ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, STAT_ROWS: tl.constexpr,
+    BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, STAT_ROWS: tl.constexpr, I32: tl.constexpr,
 ):
     """y = act((x - mean) * rstd * w + b [+ residual]), statistics over each (n, g) row.
 
@@ -287,7 +289,7 @@ def row_norm_fwd(
         n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
         if RESIDENT:
             offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                            BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                            BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
             x = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
@@ -326,14 +328,14 @@ def row_norm_fwd(
                     stop = t1
                 for t in range(t0, stop, 2):
                     xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ,
-                                        sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                        sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
                     xb, mb = _walk_tile(X_ptr, R_ptr, H_ptr, t + 1, t1, n, g0, G, Cg, S, sN, sG,
-                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
                     s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
                     s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
                 if EVEN and (t1 - t0) % 2 == 1:
                     xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t1 - 1, t1, n, g0, G, Cg, S, sN, sG,
-                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
                     s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
                 cnt, mean, m2 = shifted_moments(s1, s2, cnt, pivot, CENTER)
         if PHASE == 1:
@@ -382,7 +384,7 @@ def row_norm_fwd(
                                 H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr,
                                 t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3,
                                 slope_hi, slope_lo, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0,
-                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
                             amax = tl.maximum(amax, tile_amax(y, mask))
                     scale3 = row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
@@ -390,7 +392,7 @@ def row_norm_fwd(
                                             R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
                                             nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo,
                                             Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACT,
-                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN)
+                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
                     if QUANT != 0:
                         y = quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

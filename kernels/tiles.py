@@ -100,13 +100,17 @@ def per_row(v):
 def tile_offsets(t, n, g0, G, Cg, S,
                  sN, sG, sJ, sS, nSB,
                  BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-                 EVEN: tl.constexpr = False):
-    """Element offsets (int64), the in-bounds mask, and the g / j index tensors
-    of tile ``t`` of the rows ``g0 .. g0 + BLOCK_G`` of sample ``n``.
+                 EVEN: tl.constexpr = False, I32: tl.constexpr = False):
+    """Element offsets (int64, or int32 with I32), the in-bounds mask, and the g / j index
+    tensors of tile ``t`` of the rows ``g0 .. g0 + BLOCK_G`` of sample ``n``.
 
     EVEN: the blocks divide G, Cg and S, so every tile is whole and the mask is a constant
     true, which the compiler drops: loads and stores go unpredicated, with no fill, and
-    ptxas can issue a tile's loads together."""
+    ptxas can issue a tile's loads together.
+
+    I32: every offset of the tensors fits in int32 (the host checks, plan.offsets_i32), and
+    the tile's elements load one by one (runs of S that start off a 16-byte boundary):
+    an offset then takes one register, not two (see plan.offsets_i32 for where it pays)."""
     jb = t // nSB
     sb = t - jb * nSB
     g = g0 + tl.arange(0, BLOCK_G)[:, None, None]
@@ -116,9 +120,12 @@ def tile_offsets(t, n, g0, G, Cg, S,
         mask = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], tl.int32) == 0   # folds to a constant
     else:
         mask = (g < G) & (j < Cg) & (s < S)
-    # int64 arithmetic throughout: numel may pass 2**31.
-    offs = (n.to(tl.int64) * sN + g.to(tl.int64) * sG
-            + j.to(tl.int64) * sJ + s.to(tl.int64) * sS)
+    if I32:
+        offs = n * sN + g * sG + j * sJ + s * sS
+    else:
+        # int64 arithmetic throughout: numel may pass 2**31.
+        offs = (n.to(tl.int64) * sN + g.to(tl.int64) * sG
+                + j.to(tl.int64) * sJ + s.to(tl.int64) * sS)
     return offs, mask, g, j
 
 

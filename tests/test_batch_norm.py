@@ -146,3 +146,26 @@ def test_kernels_walk_a_channels_last_channel_as_one_strided_axis(shape, fmt, me
     if x.dim() > 2:   # GroupNorm's parameters depend on j: never merged
         _, gview = channel_layout(x, 3 if c % 3 == 0 else 1)
         assert kernel_view(gview, GROUP, x.element_size()) == gview
+
+
+@pytest.mark.parametrize("shape,dtype,i32", [
+    ((32, 64, 7, 7), torch.bfloat16, True),      # runs of 49 start off 16-byte boundaries
+    ((8, 16, 7, 7), torch.float32, True),
+    ((8, 16, 14, 14), torch.bfloat16, True),
+    ((8, 16, 14, 14), torch.float32, False),     # 784-byte runs: aligned
+    ((4, 6, 5, 3), torch.float64, True),
+    ((8, 16, 8, 8), torch.bfloat16, False),      # runs of 64: vectorised, int64 kept
+    ((8, 16, 7, 7), "channels_last", False),     # one strided axis (kernel_view)
+    ((8, 3, 2 ** 27 // 49 + 1, 49), torch.bfloat16, False),   # offsets pass 2**31: int64
+], ids=str)
+def test_tile_offsets_are_int32_only_where_elements_load_one_by_one_and_fit(shape, dtype, i32):
+    """config.offsets_i32, from the view and the tile alone (a meta tensor: no memory)."""
+    from tritonnorm import config
+    from tritonnorm.spec import BATCH, batch_layout, kernel_view
+    fmt = torch.channels_last if dtype == "channels_last" else torch.contiguous_format
+    dtype = torch.bfloat16 if dtype == "channels_last" else dtype
+    x = torch.empty(shape, dtype=dtype, device="meta").contiguous(memory_format=fmt)
+    view = kernel_view(batch_layout(x)[1], BATCH, x.element_size())
+    cfg = config.row_config(view, x, BATCH, "fwd")
+    assert config.offsets_i32(view, cfg.BLOCK_G, cfg.BLOCK_J, cfg.BLOCK_S,
+                              x.element_size()) == i32

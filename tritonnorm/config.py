@@ -245,6 +245,23 @@ def _warp_a_row(view: RowView, x: torch.Tensor, spec, pass_) -> bool:
             and x.element_size() == 2 and view.S == 1 and 512 < view.Cg <= 1024)
 
 
+def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsize: int) -> bool:
+    """Tile offsets in int32 (kernels/tiles.py, tile_offsets' I32): where a tile's elements
+    load one by one -- runs of S contiguous elements that start off a 16-byte boundary
+    (BatchNorm NCHW at 7x7 or 14x14), each element with its own address -- and every offset
+    a tile can form, padding included, fits in int32.  An int64 offset takes two registers
+    an element.  fwd+bwd BatchNorm 32x2048x7x7 NCHW, triton 3.6 / 3.9: bf16 50.4 -> 31.6 /
+    59.2 -> 33.2 us, fp32 50.2 -> 32.7 / 58.9 -> 33.1 (with 16 elements a thread again: see
+    _row_config); ../shared/tools/sass_model.py.  Contiguous, vectorised tiles lost by int32
+    (LayerNorm 8192x768 fp32 38.6 -> 46.9 under 3.6), so they keep int64."""
+    if not (view.Cg > 1 and view.S > 1 and view.sS == 1 and (view.S * itemsize) % 16):
+        return False
+    padded = (view.N * view.sN + triton.cdiv(view.G, block_g) * block_g * view.sG
+              + triton.cdiv(view.Cg, block_j) * block_j * view.sJ
+              + triton.cdiv(view.S, block_s) * block_s * view.sS)
+    return padded < 2 ** 31
+
+
 def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     # "quant": the forward with quantized output, whose row amax must be whole in one
     # program -- the forward's config, never split.
@@ -334,7 +351,10 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # 7x7 or 14x14) load element by element, each with its own 64-bit address: 16 a
         # thread took 227-235 registers (one CTA an SM); 8 a thread, twice the warps, halve
         # that (BatchNorm 32x2048x7x7 bf16 fwd+bwd 147 -> 96 us, ../shared/tools/sass_model.py).
-        per_thread //= 2
+        # With 32-bit offsets (offsets_i32) 16 a thread fit two CTAs an SM again (3.6: 88
+        # registers at 16 warps, one CTA; 96 -> 50 -> 31.6 us).
+        if not offsets_i32(view, blocks["g"], blocks["j"], blocks["s"], x.element_size()):
+            per_thread //= 2
     elif (x.element_size() == 4 and tiles > 1 and blocks["s"] * 4 <= 256
           and (view.G % blocks["g"] or view.Cg % blocks["j"] or view.S % blocks["s"])):
         # A masked fp32 walk tile of short rows (at most 256 bytes of S each): its 16
