@@ -148,9 +148,12 @@ EPILOGUES = [
      (4, 32, 16, 16), torch.bfloat16, True, False, {"fwd": 1.10, "bwd": 1.20}),
     ("InstanceNorm+GELU", lambda: tritonnorm.InstanceNorm2d(16, affine=True, activation="gelu"),
      (2, 16, 16, 16), torch.float32, False, False, {"fwd": 1.10, "bwd": 1.20}),
+    # Its forward runs a row a warp (config._warp_a_row), and each of those programs reads
+    # w and b once: 128 rows over 24 programs on the 2-SM plan read them 24 times, 0.19S
+    # more than the minimum (on a GPU, 12 programs an SM each read them from L2 once).
     ("LayerNorm+GELU(tanh) bf16", lambda: tritonnorm.LayerNorm(1024, activation="gelu",
                                                              approximate="tanh"),
-     (128, 1024), torch.bfloat16, False, False, {"fwd": 1.10, "bwd": 1.20}),
+     (128, 1024), torch.bfloat16, False, False, {"fwd": 1.20, "bwd": 1.20}),
     ("BatchNorm+ReLU channels_last bf16", lambda: tritonnorm.BatchNorm2d(8, activation="relu"),
      (8, 8, 16, 16), torch.bfloat16, True, False, {"fwd": 1.05, "bwd": 1.05}),
     ("BatchNorm+add+ReLU channels_last bf16", lambda: tritonnorm.BatchNorm2d(8, activation="relu"),
