@@ -330,12 +330,14 @@ def row_norm_fwd(
                     xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ,
                                         sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
                     xb, mb = _walk_tile(X_ptr, R_ptr, H_ptr, t + 1, t1, n, g0, G, Cg, S, sN, sG,
-                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN,
+                                        I32)
                     s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
                     s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
                 if EVEN and (t1 - t0) % 2 == 1:
                     xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t1 - 1, t1, n, g0, G, Cg, S, sN, sG,
-                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                        sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN,
+                                        I32)
                     s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
                 cnt, mean, m2 = shifted_moments(s1, s2, cnt, pivot, CENTER)
         if PHASE == 1:

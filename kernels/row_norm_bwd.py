@@ -455,13 +455,16 @@ def row_norm_bwd(
                             _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask, zero,
                                        zero, DWB_FINAL)
         if OWN_G and NEED_DWB:
-            # This program's g block (row blocks pid, pid + nGB, ...: one of every sample).
+            # This program's g block (row blocks pid, pid + nGB, ...: one of every sample);
+            # the rows are unsplit (the host's rule), p == 0 guards it all the same.
+            first = (tl.arange(0, BLOCK_G) * 0 + p) == 0
             if W_MODE == 2:
                 rows = pid * BLOCK_G + tl.arange(0, BLOCK_G)
-                _store_dwb(DWB_ptr, DB_ptr, 0, Cw, rows, rows < G, ow, ob, DWB_FINAL)
+                _store_dwb(DWB_ptr, DB_ptr, 0, Cw, rows, (rows < G) & first, ow, ob, DWB_FINAL)
             else:
                 cidx, cmask = _channels(pid * BLOCK_G, 0, Cg, G, BLOCK_G, BLOCK_J)
-                _store_dwb(DWB_ptr, DB_ptr, 0, Cw, cidx, cmask, ow, ob, DWB_FINAL)
+                _store_dwb(DWB_ptr, DB_ptr, 0, Cw, cidx, cmask & first[:, None], ow, ob,
+                           DWB_FINAL)
         if RESIDENT and W_MODE == 1 and NEED_DWB:
             _store_dwb(DWB_ptr, DB_ptr, pid, Cw, jr, jr < Cg, tl.sum(tl.sum(rw, axis=2), axis=0),
                        tl.sum(tl.sum(rbias, axis=2), axis=0), DWB_FINAL)

@@ -108,9 +108,9 @@ def tile_offsets(t, n, g0, G, Cg, S,
     true, which the compiler drops: loads and stores go unpredicated, with no fill, and
     ptxas can issue a tile's loads together.
 
-    I32: every offset of the tensors fits in int32 (the host checks, plan.offsets_i32), and
-    the tile's elements load one by one (runs of S that start off a 16-byte boundary):
-    an offset then takes one register, not two (see plan.offsets_i32 for where it pays)."""
+    I32: every offset a tile can form fits in int32 (the host checks, config.offsets_i32),
+    and the tile's elements load one by one (runs of S that start off a 16-byte boundary):
+    an offset then takes one register, not two (config.offsets_i32 says where it pays)."""
     jb = t // nSB
     sb = t - jb * nSB
     g = g0 + tl.arange(0, BLOCK_G)[:, None, None]

@@ -219,3 +219,26 @@ def test_a_backward_with_one_program_per_parameter_writes_dw_db_without_a_column
     tol = dict(rtol=1e-5, atol=1e-5) if param_dtype == torch.float32 else dict(rtol=2e-2, atol=5e-2)
     for got, ref_grad in zip(grads, want):
         torch.testing.assert_close(got, ref_grad, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("tiling", [{}, {"max_tile": 16, "split": 3}], ids=["default", "split"])
+def test_an_eval_instance_norm_of_two_samples_sums_dw_db_over_every_split_chunk(dtype, tiling):
+    """Given statistics (eval with running stats) split rows over programs as training does;
+    then no program owns a channel's whole sum (dispatch._own_g), and dw, db are the sums over
+    every chunk of every sample, as torch's."""
+    from tritonnorm import config
+    torch.manual_seed(0)
+    make = lambda m: m.InstanceNorm2d(3, affine=True, track_running_stats=True).eval()
+    layer, ref = make(tritonnorm).to(DEVICE, dtype), make(torch.nn).to(DEVICE, dtype)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-1, 1)
+        layer.running_mean.uniform_(-1, 1), layer.running_var.uniform_(0.5, 2)
+        ref.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 9, 11, device=DEVICE, dtype=dtype)
+    g = torch.randn_like(x)
+    with config.override(**tiling):
+        _, grads, _ = _run(layer, x, g)
+    _, want, _ = _run(ref, x, g)
+    for got, ref_grad in zip(grads, want):
+        torch.testing.assert_close(got, ref_grad)

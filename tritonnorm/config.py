@@ -240,7 +240,9 @@ def _warp_a_row(view: RowView, x: torch.Tensor, spec, pass_) -> bool:
     ../shared/tools/sass_model.py, forward, triton 3.6 / 3.9: 8192x768 bf16 12.5 -> 8.5 /
     12.2 -> 9.5 us, 16384x1024 21.7 -> 18.1 / 21.1 -> 18.1, 4096x1024 fp16 7.8 -> 6.4.
     Rows of 512 lost by it (16384x512 12.6 -> 13.6, 3.6), fp32 and RMSNorm (no mean, no
-    second reduction) are at their bandwidth floor either way."""
+    second reduction) are at their bandwidth floor either way.  The quantized-output forward
+    takes the forward's config, so it too (its amax one more shuffle reduction; not timed
+    apart)."""
     return (pass_ == "fwd" and spec is not None and spec.w_mode == W_BY_ELEMENT and spec.center
             and x.element_size() == 2 and view.S == 1 and 512 < view.Cg <= 1024)
 
@@ -256,9 +258,12 @@ def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsiz
     (LayerNorm 8192x768 fp32 38.6 -> 46.9 under 3.6), so they keep int64."""
     if not (view.Cg > 1 and view.S > 1 and view.sS == 1 and (view.S * itemsize) % 16):
         return False
+    # Padded to whole blocks, and one block more on each walked axis: a statistics walk
+    # takes tiles two at a time, the second of an odd chunk's last pair one past the row
+    # (masked, but its offsets are formed).
     padded = (view.N * view.sN + triton.cdiv(view.G, block_g) * block_g * view.sG
-              + triton.cdiv(view.Cg, block_j) * block_j * view.sJ
-              + triton.cdiv(view.S, block_s) * block_s * view.sS)
+              + (triton.cdiv(view.Cg, block_j) + 1) * block_j * view.sJ
+              + (triton.cdiv(view.S, block_s) + 1) * block_s * view.sS)
     return padded < 2 ** 31
 
 

@@ -218,7 +218,7 @@ def _dwb_parts(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part
 
 
 def _own_g(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, target: int) -> bool:
-    """An unsplit backward whose rows' parameters are one block a row (by row, or by channel
+    """A backward of unsplit rows whose parameters are one block a row (by row, or by channel
     in one j block: InstanceNorm, GroupNorm): one program a g block walks that block in every
     sample and sums its dw/db in registers (row_norm_bwd's OWN_G), so the column sum of
     per-sample dw/db scratch -- a launch and its scratch -- goes.
@@ -235,7 +235,9 @@ def _own_g(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, target: in
     channels a group in a [1, 64, 256] tile, a 24 / 150-byte stack already) 74 / 411 bytes,
     2x512x32x32 bf16 42 -> 121, InstanceNorm 2x64x128x128 fp32 0 -> 13 (triton 3.9)."""
     rows_each = cdiv(cfg.n_rb, max(1, min(cfg.n_rb, target)))
-    return (1 < view.N <= rows_each + 1 and view.stat_rows == 1
+    # cfg.SPLIT == 1: given statistics (PHASE 3) split rows too, and their split programs
+    # would each store a part of the sums as the whole.
+    return (1 < view.N <= rows_each + 1 and view.stat_rows == 1 and cfg.SPLIT == 1
             and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S <= 8192
             and w_mode(view, spec, cfg) in (W_BY_ROW, W_BY_CHANNEL_ONE_BLOCK))
 
