@@ -224,16 +224,16 @@ def _own_g(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, target: in
     per-sample dw/db scratch -- a launch and its scratch -- goes.
 
     The price is a program's rows: N of them, against ceil(n_rb / programs) at ``target``
-    programs.  One row more paid for the launch it saves, three more did not (fwd+bwd, NCHW,
-    ../shared/tools/sass_model.py, triton 3.6 / 3.9): GroupNorm 2x1280x16x16 bf16 14.5 ->
-    12.7 / 13.7 -> 11.3 us, InstanceNorm 2x64x128x128 bf16 14.4 -> 12.2 / 14.3 -> 10.6,
-    GroupNorm 3x640x16x16 fp32 14.0 -> 13.4 / 13.6 -> 12.6; GroupNorm 4x1280x16x16 bf16 (32
-    programs of 4 rows, not 128 of 1) 14.5 -> 18.2 / 13.7 -> 15.3.
+    programs.  One row more paid for the launch it saves (fwd+bwd, NCHW, triton 3.6 / 3.9,
+    ../shared/tools/sass_model.py): InstanceNorm 2x64x64x64 fp32 13.1 -> 10.5 / 12.8 -> 10.0
+    us, 2x128x32x32 bf16 12.9 -> 10.2 / 12.7 -> 9.7; three more did not: GroupNorm
+    4x1280x16x16 bf16 (32 programs of 4 rows, not 128 of 1) 14.5 -> 18.2 / 13.7 -> 15.3.
 
     Not for a tile past 8192 elements (16 warps, 128 registers a thread: see plan.even),
-    where the sums held across rows spilled: GroupNorm 2x1280x16x16 NCHW bf16 / fp32 (40
-    channels a group in a [1, 64, 256] tile, a 24 / 150-byte stack already) 74 / 411 bytes,
-    2x512x32x32 bf16 42 -> 121, InstanceNorm 2x64x128x128 fp32 0 -> 13 (triton 3.9)."""
+    where the sums held across rows spilled, though the model still counted a gain:
+    GroupNorm 2x1280x16x16 NCHW bf16 / fp32 (40 channels a group in a [1, 64, 256] tile, a
+    24 / 150-byte stack already) 74 / 411 bytes, 2x512x32x32 bf16 42 -> 121, InstanceNorm
+    2x64x128x128 fp32 0 -> 13 (triton 3.9)."""
     rows_each = cdiv(cfg.n_rb, max(1, min(cfg.n_rb, target)))
     # cfg.SPLIT == 1: given statistics (PHASE 3) split rows too, and their split programs
     # would each store a part of the sums as the whole.
@@ -257,7 +257,8 @@ def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                 parts=False, own=False) -> Launch:
     """``final``: the dw/db scratch would have one slot, so the kernel stores dw and db
     themselves (DWB_FINAL) and no column sum follows.  ``parts`` (DWB_PARTS): dw and db
-    come from the merged partials (_dwb_parts), not from the merge pass's walk."""
+    come from the merged partials (_dwb_parts), not from the merge pass's walk.  ``own``
+    (OWN_G, _own_g): each program sums one g block's dw/db over every sample."""
     if parts and phase == 1:
         # The unweighted partials need w only to recompute z for an activation.
         has_w = has_w and epi[0] != 0 and not epi[2]
