@@ -389,20 +389,23 @@ def row_norm_bwd(
                         if W_MODE == 1:
                             rw += dy * xhat
                             rbias += dy
-                        elif OWN_G and W_MODE == 2:
-                            ow += sum_tile(dy * xhat)
-                            ob += sum_tile(dy)
-                        elif OWN_G:
-                            ow += tl.sum(dy * xhat, axis=2)
-                            ob += tl.sum(dy, axis=2)
-                        elif W_MODE == 2:
-                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
-                                       g0 + tl.arange(0, BLOCK_G), rmask, sum_tile(dy * xhat),
-                                       sum_tile(dy), DWB_FINAL)
                         else:
-                            cidx, cmask = _channels(g0, t0 // nSB, Cg, G, BLOCK_G, BLOCK_J)
-                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask,
-                                       tl.sum(dy * xhat, axis=2), tl.sum(dy, axis=2), DWB_FINAL)
+                            if W_MODE == 2:   # per row
+                                pw = sum_tile(dy * xhat)
+                                pb = sum_tile(dy)
+                            else:             # per channel of the row's one j block
+                                pw = tl.sum(dy * xhat, axis=2)
+                                pb = tl.sum(dy, axis=2)
+                            if OWN_G:
+                                ow += pw
+                                ob += pb
+                            elif W_MODE == 2:
+                                _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
+                                           g0 + tl.arange(0, BLOCK_G), rmask, pw, pb, DWB_FINAL)
+                            else:
+                                cidx, cmask = _channels(g0, t0 // nSB, Cg, G, BLOCK_G, BLOCK_J)
+                                _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask, pw,
+                                           pb, DWB_FINAL)
                 else:
                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
@@ -432,20 +435,23 @@ def row_norm_bwd(
                                                tl.sum(lw, axis=2), tl.sum(lb, axis=2), DWB_FINAL)
                                     lw = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
                                     lb = tl.zeros([BLOCK_G, BLOCK_J, BLOCK_S], ACC)
-                    if NEED_DWB and OWN_G and W_MODE == 2:
-                        ow += sum_js(lw)
-                        ob += sum_js(lb)
-                    elif NEED_DWB and OWN_G and W_MODE == 3:
-                        ow += tl.sum(lw, axis=2)
-                        ob += tl.sum(lb, axis=2)
-                    elif NEED_DWB and W_MODE == 2:
-                        _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
-                                   g0 + tl.arange(0, BLOCK_G), rmask, sum_js(lw), sum_js(lb),
-                                   DWB_FINAL)
-                    elif NEED_DWB and W_MODE == 3:   # every tile's channels are j block 0's
-                        cidx, cmask = _channels(g0, 0, Cg, G, BLOCK_G, BLOCK_J)
-                        _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask,
-                                   tl.sum(lw, axis=2), tl.sum(lb, axis=2), DWB_FINAL)
+                    if NEED_DWB and (W_MODE == 2 or W_MODE == 3):
+                        if W_MODE == 2:   # per row
+                            pw = sum_js(lw)
+                            pb = sum_js(lb)
+                        else:             # every tile's channels are j block 0's
+                            pw = tl.sum(lw, axis=2)
+                            pb = tl.sum(lb, axis=2)
+                        if OWN_G:
+                            ow += pw
+                            ob += pb
+                        elif W_MODE == 2:
+                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw,
+                                       g0 + tl.arange(0, BLOCK_G), rmask, pw, pb, DWB_FINAL)
+                        else:
+                            cidx, cmask = _channels(g0, 0, Cg, G, BLOCK_G, BLOCK_J)
+                            _store_dwb(DWB_ptr, DB_ptr, n * SPLIT + p, Cw, cidx, cmask, pw, pb,
+                                       DWB_FINAL)
                 if NEED_DWB and W_MODE == 0 and SPLIT > 1:
                     # Channels outside this program's chunk get their zero from it.
                     for jb in range(0, T // nSB):

@@ -237,14 +237,21 @@ def _warp_a_row(view: RowView, x: torch.Tensor, spec, pass_) -> bool:
     tile and one warp a program, 12 programs an SM.  Rows of a [4, 1024] tile spread over 4
     warps reduced through shared memory, with barriers (44 shuffles, 24 shared accesses and
     10 barriers a row block): latency-bound.  A warp reduces its row with shuffles alone.
-    ../shared/tools/sass_model.py, forward, triton 3.6 / 3.9: 8192x768 bf16 12.5 -> 8.5 /
-    12.2 -> 9.5 us, 16384x1024 21.7 -> 18.1 / 21.1 -> 18.1, 4096x1024 fp16 7.8 -> 6.4.
+    ../shared/tools/sass_model.py, forward, triton 3.6 / 3.9: 8192x768 bf16 12.5 -> 9.6 /
+    12.2 -> 9.5 us (8.5 under 3.6 at 13 programs an SM, which the fused residual's 168
+    registers would not fit), 16384x1024 21.7 -> 18.1 / 21.1 -> 18.1, 4096x1024 fp16 7.8 -> 6.4.
     Rows of 512 lost by it (16384x512 12.6 -> 13.6, 3.6), fp32 and RMSNorm (no mean, no
     second reduction) are at their bandwidth floor either way.  The quantized-output forward
     takes the forward's config, so it too (its amax one more shuffle reduction; not timed
     apart)."""
     return (pass_ == "fwd" and spec is not None and spec.w_mode == W_BY_ELEMENT and spec.center
             and x.element_size() == 2 and view.S == 1 and 512 < view.Cg <= 1024)
+
+
+def _unaligned_runs(view: RowView, itemsize: int) -> bool:
+    """Runs of S contiguous elements that start off a 16-byte boundary, several of them a
+    row (BatchNorm NCHW at 7x7 or 14x14): a tile of them loads element by element."""
+    return view.Cg > 1 and view.sS == 1 and (view.S * itemsize) % 16 != 0
 
 
 def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsize: int) -> bool:
@@ -256,7 +263,7 @@ def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsiz
     59.2 -> 33.2 us, fp32 50.2 -> 32.7 / 58.9 -> 33.1 (with 16 elements a thread again: see
     _row_config); ../shared/tools/sass_model.py.  Contiguous, vectorised tiles lost by int32
     (LayerNorm 8192x768 fp32 38.6 -> 46.9 under 3.6), so they keep int64."""
-    if not (view.Cg > 1 and view.S > 1 and view.sS == 1 and (view.S * itemsize) % 16):
+    if not (view.S > 1 and _unaligned_runs(view, itemsize)):
         return False
     # Padded to whole blocks, and one block more on each walked axis: a statistics walk
     # takes tiles two at a time, the second of an odd chunk's last pair one past the row
@@ -351,7 +358,7 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     per_thread = 256 if x.dtype == torch.float64 else 512
     if pass_ == "bwd" and view.memory_format != torch.contiguous_format and tiles > 1:
         per_thread //= 2   # 8 elements a thread in a strided backward walk (see above)
-    elif view.Cg > 1 and view.sS == 1 and (view.S * x.element_size()) % 16:
+    elif _unaligned_runs(view, x.element_size()):
         # Runs of S contiguous elements that start off a 16-byte boundary (BatchNorm NCHW at
         # 7x7 or 14x14) load element by element, each with its own 64-bit address: 16 a
         # thread took 227-235 registers (one CTA an SM); 8 a thread, twice the warps, halve
