@@ -7,7 +7,8 @@ order -- no atomics, so results are deterministic.  The slot of a program:
 
 * W_MODE 1 (LayerNorm/RMSNorm): its persistent index ``pid``; every row block it
   walks shares the same j range, so sums run across rows in registers;
-* W_MODE 2 (BatchNorm; rows of one channel): ``n * SPLIT + p``; each row is one sum;
+* W_MODE 2 (BatchNorm; rows of one channel): ``n * SPLIT + p``; each row is one sum --
+  or, split (DWB_PARTS), no slot: the merge pass sums dw/db from the partials;
 * W_MODE 3 (by channel, as 0, where one j block holds all of a row's channels):
   ``n * SPLIT + p``; the channels' sums are stored once, after the walk;
 * W_MODE 0 (GroupNorm/InstanceNorm): ``n * SPLIT + p``; each channel of the row
@@ -18,8 +19,8 @@ import triton.language as tl
 
 from .activation import act_grad, mask_grad
 from .row_norm import _chunk, _load, _load_params, _tile_j
-from .tiles import (div, out_offsets, per_row, row_block, rsqrt, stat_row, sum_js, sum_tile,
-                    tile_offsets, wide)
+from .tiles import (by_row, div, out_offsets, part_index, per_row, row_block, rsqrt, stat_row,
+                    sum_js, sum_parts, sum_tile, tile_offsets, wide)
 
 
 @triton.jit
@@ -176,15 +177,53 @@ def _part_w(w, DWB_PARTS: tl.constexpr):
 
 
 @triton.jit
-def _dwb_from_parts(DWB_ptr, DB_ptr, a1, a2, g0, rmask, p, Cw, BLOCK_G: tl.constexpr):
-    """DWB_PARTS: merged (sum dz*xhat, sum dz) of rows that each own a parameter (BatchNorm's
-    channels) are dw and db themselves: stored once, by the rows' first split program.  The
-    row's w then multiplies the whole of dx (_dx), not the sums."""
+def _weighted_sums(Part_ptr, W_ptr, sr, g0, rmask, n_part, SPLIT, HAS_W: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_PART: tl.constexpr,
+                   STAT_ROWS: tl.constexpr):
+    """DWB_PARTS where STAT_ROWS rows share statistics (a channels_last GroupNorm walked a row
+    a channel): the group's n_part = STAT_ROWS * SPLIT partials are its channels' unweighted
+    sums, so each is weighted by its channel's w as they are merged -> (sum w*dz*xhat,
+    sum w*dz) of the group, as _given_sums gives them without DWB_PARTS.  Partial i of the
+    group belongs to its row i // SPLIT (PHASE 1 stores row r's at r * SPLIT + p)."""
+    i = part_index(BLOCK_PART)   # laid out as the forward's merge (tiles._ROWS_LAST)
+    pm = by_row(rmask) & (i < n_part)
+    base = Part_ptr + (by_row(sr) * n_part + i) * 2
+    s1 = tl.load(base, mask=pm, other=0.0).to(ACC)
+    s2 = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
+    if HAS_W:
+        first = (g0 + tl.arange(0, BLOCK_G)) // STAT_ROWS * STAT_ROWS
+        w = tl.load(W_ptr + (by_row(first) + i // SPLIT), mask=pm, other=0.0).to(ACC)
+        s1 = s1 * w
+        s2 = s2 * w
+    return sum_parts(s1), sum_parts(s2)
+
+
+@triton.jit
+def _dwb_from_parts(DWB_ptr, DB_ptr, Part_ptr, a1, a2, n, g0, G, rmask, p, n_rb, nGB, SPLIT,
+                    Cw, ACC: tl.constexpr, BLOCK_G: tl.constexpr, DWB_NP: tl.constexpr):
+    """DWB_PARTS: a row's unweighted partials (sum dz*xhat, sum dz) are dw and db of its one
+    parameter once summed.  With one sample and rows of their own statistics (BatchNorm's
+    channels; DWB_NP 0) those are the merged sums a1, a2 themselves; otherwise (N samples,
+    or STAT_ROWS rows merged into their group's sums) parameter g's are the N * SPLIT
+    partials of rows n * G + g, loaded as one [BLOCK_G, DWB_NP] tile and summed in a fixed
+    order.  Stored once, by the row block's first split program (of sample 0)."""
     # A predicated store, not a branch on p: ptxas split the partials' loads around the
     # branch and issued them one round trip each (BatchNorm 32x256x56x56 bf16 NHWC merge
     # pass: 31 DRAM round trips, 75 us against 42; ../shared/tools/sass_model.py).
-    first = (tl.arange(0, BLOCK_G) * 0 + p) == 0
-    _store_dwb(DWB_ptr, DB_ptr, 0, Cw, g0 + tl.arange(0, BLOCK_G), rmask & first, a1, a2, True)
+    if DWB_NP == 0:
+        first = (tl.arange(0, BLOCK_G) * 0 + p) == 0
+        dw = a1
+        db = a2
+    else:
+        first = (tl.arange(0, BLOCK_G) * 0 + (p + n)) == 0   # p == 0 and n == 0
+        q = tl.arange(0, DWB_NP)
+        nq = q // SPLIT
+        rows = nq.to(tl.int64)[None, :] * G + (g0 + tl.arange(0, BLOCK_G))[:, None]
+        pm = (rmask & first)[:, None] & (q < (n_rb // nGB) * SPLIT)[None, :]
+        base = Part_ptr + (rows * SPLIT + (q - nq * SPLIT)[None, :]) * 2
+        dw = tl.sum(tl.load(base, mask=pm, other=0.0).to(ACC), axis=1)
+        db = tl.sum(tl.load(base + 1, mask=pm, other=0.0).to(ACC), axis=1)
+    _store_dwb(DWB_ptr, DB_ptr, 0, Cw, g0 + tl.arange(0, BLOCK_G), rmask & first, dw, db, True)
 
 
 @triton.jit
@@ -257,6 +296,7 @@ def row_norm_bwd(
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, DWB_FINAL: tl.constexpr,
     DWB_PARTS: tl.constexpr, STAT_ROWS: tl.constexpr, OWN_G: tl.constexpr, I32: tl.constexpr,
+    DWB_NP: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -270,13 +310,16 @@ def row_norm_bwd(
     (PHASE 0), from n_part partials (PHASE 2), or are 0 when the statistics are
     constants (PHASE 3: dx = rstd * wdy).  STAT_ROWS rows sharing statistics (row_norm.py)
     read them at stat_row and merge all their rows' partials: the two means then run over
-    the group, M = STAT_ROWS * S elements.  DWB_PARTS (rows that each own a parameter,
-    split, BatchNorm): the partials are unweighted, sum dz*xhat and sum dz, so merged they
-    are dw and db of the row, stored by the merge pass with no column sum after; the row
-    sums are those times w.  OWN_G (rows unsplit, one j block of parameters a row, W_MODE 2
-    or 3, and one program a block of G: nprog = nGB): a program's row blocks are one g block
-    of every sample, so its dw/db sums over all of them, in registers, are final -- stored
-    once, in a fixed order, with no column sum after.  TILE_OUTER (LayerNorm/RMSNorm rows
+    the group, M = STAT_ROWS * S elements.  DWB_PARTS (split rows that each own a parameter:
+    BatchNorm's, InstanceNorm's, a channels_last GroupNorm's walked a row a channel): the
+    partials are unweighted, sum dz*xhat and sum dz, so summed over a parameter's rows --
+    the merged sums of its one row (DWB_NP 0), or its rows' N * SPLIT partials (a
+    [BLOCK_G, DWB_NP] tile) -- they are its dw and db, stored by the merge pass with no
+    column sum after; the row sums are those times w (STAT_ROWS rows: each row's partials
+    weighted by its w as the group's are merged, _weighted_sums).  OWN_G (rows unsplit, one
+    j block of parameters a row, W_MODE 2 or 3, and one program a block of G: nprog = nGB):
+    a program's row blocks are one g block of every sample, so its dw/db sums over all of
+    them, in registers, are final -- stored once, in a fixed order, with no column sum after.  TILE_OUTER (LayerNorm/RMSNorm rows
     longer than a tile, row sums given) swaps the loops, tiles outside and
     rows inside, so a tile's dw/db sum over all of the program's rows stays in
     registers.
@@ -353,10 +396,22 @@ def row_norm_bwd(
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 # A statistics row's partials: its own, or its STAT_ROWS rows', side by side.
-                a1, a2 = _given_sums(Part_ptr, stat_row(r, STAT_ROWS), rmask, n_part, PHASE, ACC,
-                                     BLOCK_G, BLOCK_PART)
-                if DWB_PARTS and DWB_FINAL:
-                    _dwb_from_parts(DWB_ptr, DB_ptr, a1, a2, g0, rmask, p, Cw, BLOCK_G)
+                if DWB_PARTS and DWB_FINAL and DWB_NP > 0:
+                    # Ahead of the merge's loads, so ptxas issues both in one round trip
+                    # (after them: GroupNorm 2x320x64x64 bf16 NHWC merge pass, 7 round trips,
+                    # 11.1 us against 8.1, triton 3.6, ../shared/tools/sass_model.py).
+                    _dwb_from_parts(DWB_ptr, DB_ptr, Part_ptr, 0.0, 0.0, n, g0, G, rmask, p,
+                                    n_rb, nGB, SPLIT, Cw, ACC, BLOCK_G, DWB_NP)
+                if DWB_PARTS and STAT_ROWS > 1:
+                    a1, a2 = _weighted_sums(Part_ptr, W_ptr, stat_row(r, STAT_ROWS), g0, rmask,
+                                            n_part, SPLIT, HAS_W, ACC, BLOCK_G, BLOCK_PART,
+                                            STAT_ROWS)
+                else:
+                    a1, a2 = _given_sums(Part_ptr, stat_row(r, STAT_ROWS), rmask, n_part, PHASE,
+                                         ACC, BLOCK_G, BLOCK_PART)
+                if DWB_PARTS and DWB_FINAL and DWB_NP == 0:
+                    _dwb_from_parts(DWB_ptr, DB_ptr, Part_ptr, a1, a2, n, g0, G, rmask, p, n_rb,
+                                    nGB, SPLIT, Cw, ACC, BLOCK_G, DWB_NP)
             elif RESIDENT:
                 a1 = sum_tile(_part_w(w, DWB_PARTS) * dy * xhat)
                 a2 = sum_tile(_part_w(w, DWB_PARTS) * dy)
@@ -383,7 +438,8 @@ def row_norm_bwd(
             else:
                 c1, c2 = _row_means(a1, a2, M)
                 if RESIDENT:
-                    dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER, DWB_PARTS)
+                    dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER,
+                                   DWB_PARTS and STAT_ROWS == 1)
                     _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
                     if NEED_DWB:
                         if W_MODE == 1:
@@ -420,7 +476,8 @@ def row_norm_bwd(
                             rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
                             0 if PHASE == 0 and ADD_Y else ACT, ADD_Y, MASK, ACC, BLOCK_G,
                             BLOCK_J, BLOCK_S, EVEN, I32)
-                        dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER, DWB_PARTS)
+                        dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER,
+                                       DWB_PARTS and STAT_ROWS == 1)
                         _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES,
                                   ADD_Y and PHASE != 0)
                         if NEED_DWB:

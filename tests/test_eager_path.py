@@ -177,6 +177,15 @@ ONE_SLOT = {
     "instance1d 2 samples walked": (lambda: tritonnorm.InstanceNorm1d(5, affine=True),
                                     lambda: torch.nn.InstanceNorm1d(5, affine=True), (2, 5, 40),
                                     {"max_tile": 8, "split": 1}, 1),
+    # Split rows of a few samples, one parameter a row: dw, db summed from every sample's
+    # partials by the merge pass (DWB_PARTS), in both layouts.
+    "instance 2 samples split": (lambda: tritonnorm.InstanceNorm2d(6, affine=True),
+                                 lambda: torch.nn.InstanceNorm2d(6, affine=True), (2, 6, 5, 3),
+                                 {"max_tile": 4, "split": 3}, 2),
+    "instance 3 samples split channels_last": (
+        lambda: tritonnorm.InstanceNorm2d(6, affine=True),
+        lambda: torch.nn.InstanceNorm2d(6, affine=True), (3, 6, 5, 3, "cl"),
+        {"max_tile": 16, "split": 3}, 2),
     "instance eval 2 samples": (
         lambda: tritonnorm.InstanceNorm2d(6, affine=True, track_running_stats=True).eval(),
         lambda: torch.nn.InstanceNorm2d(6, affine=True, track_running_stats=True).eval(),

@@ -258,6 +258,39 @@ def test_channels_last_group_norm_is_walked_by_channel_where_it_pays(dtype, shap
         _group_norm_case(shape, groups, "channels_last", True, dtype, device)
 
 
+# Weight and bias, and weight only.  (Not bias only: torch's own CPU group_norm backward
+# raises "tensor does not have a device" there, so it cannot be the oracle.)
+DWB_PARAMS = {"weight and bias": (True, True), "weight only": (True, False)}
+
+
+@pytest.mark.parametrize("params", DWB_PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,groups", [((2, 30, 5, 7), 3), ((3, 12, 4, 4), 4)], ids=str)
+def test_a_split_backward_walked_by_channel_takes_dw_db_from_its_partials(
+        shape, groups, dtype, params, by_channel, device, monkeypatch):
+    """Split rows walked by channel: the partials pass stores each channel's unweighted sums
+    (sum dz * xhat, sum dz), the merge pass weights them by their channel's w into the
+    group's sums, and dw, db are every sample's and every split program's partials of a
+    channel summed -- no column sum is launched (dispatch._dwb_parts).  Torch is the
+    oracle for x's, w's and b's gradients."""
+    from tritonnorm import config, dispatch
+    sums, bwd = [], []
+    monkeypatch.setattr(dispatch, "_run_column_sum", lambda *a: sums.append(a))
+    run_bwd = dispatch._run_bwd
+    monkeypatch.setattr(dispatch, "_run_bwd", lambda *a: (bwd.append(a), run_bwd(*a)))
+    has_w, has_b = DWB_PARAMS[params]
+    torch.manual_seed(0)
+    x = _layout(torch.randn(shape, dtype=dtype, device=device) * 2 + 1, "channels_last")
+    w = torch.empty(shape[1], dtype=dtype, device=device).uniform_(0.5, 1.5) if has_w else None
+    b = torch.randn(shape[1], dtype=dtype, device=device) if has_b else None
+    assert _stat_rows(x, groups) == shape[1] // groups
+    with config.override(max_tile=16, split=2):
+        assert_matches_torch(lambda x, w, b: TF.group_norm(x, groups, w, b),
+                             lambda x, w, b: F.group_norm(x, groups, w, b), [x, w, b])
+    assert not sums
+    assert len(bwd) == 2   # split: the partials pass, then the merge that stores dw, db
+
+
 @pytest.mark.parametrize("activation", ["silu"])
 def test_group_norm_walked_by_channel_with_an_activation_and_residual(activation, tiling,
                                                                       by_channel, device):

@@ -22,8 +22,8 @@ from .kernels import column_sum, row_norm_bwd, row_norm_fwd
 from ._runtime import target_programs
 from .launch import launcher
 from .plan import (W_BY_CHANNEL_ONE_BLOCK, Launch, acc_dtype, blocks, bwd_pointers, cdiv,
-                   dwb_slots, fwd_pointers, geometry, kept, make_launch, param_count, scalars,
-                   tl_acc, w_mode)
+                   dwb_slots, fwd_pointers, geometry, kept, make_launch, p2, param_count,
+                   scalars, tl_acc, w_mode)
 from .spec import W_BY_ELEMENT, W_BY_ROW, ReductionSpec, RowView, kernel_view, new_output, rows_strided
 
 
@@ -207,14 +207,31 @@ def _tile_outer(spec: ReductionSpec, cfg: config.RowConfig) -> bool:
     return spec.w_mode == W_BY_ELEMENT and cfg.chunk > 1
 
 
-def _dwb_parts(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part) -> bool:
-    """A split backward whose rows each own one parameter (BatchNorm: rows are channels, and
-    its view has one sample) and whose partials are all local (not SyncBatchNorm's, whose
-    dw/db sum this rank's batch only, while its partials span every rank): the merged
-    partials are dw and db (row_norm_bwd's DWB_PARTS), so the column sum of per-program
-    dw/db scratch -- a launch, and its scratch -- goes."""
-    return (n_part is None and view.N == 1 and w_mode(view, spec, cfg) == W_BY_ROW
-            and view.stat_rows == 1)   # merged over a group of rows, the partials are not a row's
+def _dwb_parts(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, n_part):
+    """A split backward whose rows each own one parameter (by row: BatchNorm's channels,
+    InstanceNorm's, a channels_last GroupNorm walked a row a channel) and whose partials are
+    all local (not SyncBatchNorm's, whose dw/db sum this rank's batch only, while its
+    partials span every rank): its partials pass stores unweighted sums, from which the merge
+    pass takes dw and db (row_norm_bwd's DWB_PARTS), so the column sum of per-program dw/db
+    scratch -- a launch, and its scratch -- goes.  Returns the kernel's DWB_NP, or None
+    where it does not apply: 0 where the merged sums are dw and db themselves (one sample,
+    rows of their own statistics), else the [BLOCK_G, DWB_NP] tile of a parameter's N *
+    SPLIT partials -- at most DWB_NP_PER_THREAD of them a thread, so the sum stays a few
+    registers beside the merge pass's tile (InstanceNorm 8x128x128x128 channels_last, 32
+    rows a block and 128 partials a row, keeps its column sum)."""
+    if n_part is not None or w_mode(view, spec, cfg) != W_BY_ROW:
+        return None
+    if view.N == 1 and view.stat_rows == 1:
+        return 0
+    np_ = p2(view.N * cfg.SPLIT)
+    if cfg.BLOCK_G * np_ > DWB_NP_PER_THREAD * 32 * cfg.num_warps:
+        return None
+    return np_
+
+
+# Partials a thread sums for dw/db in a merge pass (_dwb_parts): two loads of this many
+# registers each.
+DWB_NP_PER_THREAD = 4
 
 
 def _own_g(view: RowView, spec: ReductionSpec, cfg: config.RowConfig, target: int) -> bool:
@@ -254,24 +271,26 @@ class _Backward(NamedTuple):
 
 def _bwd_launch(phase, x, view, spec, cfg, has_w, need_dwb, nprog, n_part,
                 has_dres=False, has_b=False, epi=(0, False, False), final=False,
-                parts=False, own=False) -> Launch:
+                parts=None, own=False) -> Launch:
     """``final``: the dw/db scratch would have one slot, so the kernel stores dw and db
-    themselves (DWB_FINAL) and no column sum follows.  ``parts`` (DWB_PARTS): dw and db
-    come from the merged partials (_dwb_parts), not from the merge pass's walk.  ``own``
+    themselves (DWB_FINAL) and no column sum follows.  ``parts`` (DWB_PARTS, DWB_NP = parts;
+    None: off): dw and db come from the partials (_dwb_parts), not from the merge pass's
+    walk.  ``own``
     (OWN_G, _own_g): each program sums one g block's dw/db over every sample."""
-    if parts and phase == 1:
+    if parts is not None and phase == 1:
         # The unweighted partials need w only to recompute z for an activation.
         has_w = has_w and epi[0] != 0 and not epi[2]
     if phase == 2:   # a statistics row merges the partials of each of its rows (_fwd_launch)
         n_part *= view.stat_rows
     consts = dict(PHASE=phase, CENTER=spec.center, HAS_W=has_w,
-                  NEED_DWB=need_dwb and phase != 1 and not parts, W_MODE=w_mode(view, spec, cfg),
+                  NEED_DWB=need_dwb and phase != 1 and parts is None,
+                  W_MODE=w_mode(view, spec, cfg),
                   RESIDENT=cfg.chunk == 1, TILE_OUTER=phase in (2, 3) and _tile_outer(spec, cfg),
                   HAS_DRES=has_dres and phase != 1, Y_STRIDED=rows_strided(view, spec),
                   HAS_B=has_b, ACT=epi[0], ADD_Y=epi[1], MASK=epi[2],
                   ACC=tl_acc(acc_dtype(x)), **blocks(view, cfg, n_part, x.element_size(), True),
-                  DWB_FINAL=final and need_dwb and phase != 1, DWB_PARTS=parts,
-                  OWN_G=own and need_dwb and phase in (0, 3))
+                  DWB_FINAL=final and need_dwb and phase != 1, DWB_PARTS=parts is not None,
+                  OWN_G=own and need_dwb and phase in (0, 3), DWB_NP=parts or 0)
     ints = geometry(view, spec, cfg, n_part) + (
         (0, 0) if phase == 3 else (view.G, view.stat_count)) + (param_count(view, spec),)
     return make_launch(row_norm_bwd, (nprog, cfg.SPLIT if phase != 0 else 1), ints, consts, cfg,
@@ -296,11 +315,11 @@ def _bwd_plan(x, view, spec, has_w, need_dwb, fixed, n_part, has_dres=False, has
     part = None
     split = not fixed and (n_part is not None or cfg.SPLIT > 1 or _tile_outer(spec, cfg)
                            or view.stat_rows > 1)
-    parts = split and need_dwb and _dwb_parts(view, spec, cfg, n_part)
+    parts = _dwb_parts(view, spec, cfg, n_part) if split and need_dwb else None
     own = not split and need_dwb and _own_g(view, spec, cfg, target_programs(x))
     if own:
         nprog = cfg.nGB
-    slots = 1 if parts or own else dwb_slots(view, spec, cfg, nprog)
+    slots = 1 if parts is not None or own else dwb_slots(view, spec, cfg, nprog)
     flags = (has_dres, has_b, epi, slots == 1)
     if fixed:
         main = _bwd_launch(3, x, view, spec, cfg, has_w, need_dwb, nprog, 1, *flags, own=own)
