@@ -41,6 +41,8 @@ RESIDENT_MAX = {"wide": 16384, "narrow": 8192}
 # Partials (count, mean, M2) per thread that the split merge may load at once:
 # 16 triples are 48 registers, as much as the tile itself holds.
 MERGE_PER_THREAD = 16
+# The program a split's target counts (row_config): smaller programs get more of them.
+WARPS_A_PROGRAM = 4
 
 _overrides: dict = {}
 
@@ -383,7 +385,14 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     elif "split" in _overrides:
         split = _overrides["split"]
     elif n_rb < target:
-        # Few, long rows: share each row between programs so the GPU stays busy...
+        # Few, long rows: share each row between programs so the GPU stays busy -- counted
+        # in 4-warp programs: programs of 1 or 2 warps get 4 or 2 times the target, or 4
+        # programs an SM would leave it 4-8 warps to hide a walk's DRAM latency with
+        # (BatchNorm 32x2048x7x7 fp32 NHWC, 2-warp forward: 64 x 9 programs of 6 tiles ->
+        # 64 x 17 of 3, fwd+bwd 52.6 -> 47.7 us under triton 3.6, 49.3 -> 44.3 under 3.9;
+        # 4-warp programs at twice the target lost: BatchNorm 32x512x28x28 bf16 NCHW 78.6
+        # -> 91.1.  ../shared/tools/sass_model.py)...
+        target *= max(1, WARPS_A_PROGRAM // warps)
         split = min(MAX_SPLIT, triton.cdiv(target, max(n_rb, 1)))
         # ...but the merge loads BLOCK_G x SPLIT partials at once: past MERGE_PER_THREAD
         # of them per thread they no longer fit in registers and spill (seen in
