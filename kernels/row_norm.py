@@ -74,7 +74,7 @@ def _param_index(g, j, Cg, G, W_MODE: tl.constexpr):
 def _update_running(RMo_ptr, RVo_ptr, NBT_ptr, rm, rv, rs, rmask, mean, cnt, m2, mom_hi,
                     mom_lo, CUMULATIVE: tl.constexpr):
     """running = (1 - f) * running + f * batch, with the unbiased variance; rm and rv, the
-    running statistics read (_load_running).
+    running statistics, read with the row block's first loads (row_norm_fwd).
 
     momentum comes as hi + lo fp32 parts (see tiles.wide)."""
     if CUMULATIVE:
