@@ -71,10 +71,11 @@ def _param_index(g, j, Cg, G, W_MODE: tl.constexpr):
 
 
 @triton.jit
-def _update_running(RMo_ptr, RVo_ptr, NBT_ptr, rm, rv, rs, rmask, mean, cnt, m2, mom_hi,
-                    mom_lo, CUMULATIVE: tl.constexpr):
+def _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rm, rv, rs, rmask, mean, cnt,
+                    m2, mom_hi, mom_lo, CUMULATIVE: tl.constexpr):
     """running = (1 - f) * running + f * batch, with the unbiased variance; rm and rv, the
-    running statistics, read with the row block's first loads (row_norm_fwd).
+    running statistics read with the row block's first loads (row_norm_fwd), or None: read
+    here.
 
     momentum comes as hi + lo fp32 parts (see tiles.wide)."""
     if CUMULATIVE:
@@ -82,6 +83,9 @@ def _update_running(RMo_ptr, RVo_ptr, NBT_ptr, rm, rv, rs, rmask, mean, cnt, m2,
     else:
         f = wide(mean, mom_hi, mom_lo)
     var = div(m2, tl.maximum(cnt - 1.0, 1.0))
+    if rm is None:
+        rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0)
+        rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0)
     rm = rm.to(mean.dtype)
     rv = rv.to(mean.dtype)
     tl.store(RMo_ptr + rs, f * mean + (1.0 - f) * rm, mask=rmask)
@@ -288,18 +292,24 @@ def row_norm_fwd(
                                     G, W_MODE, HAS_W, HAS_B, ACC, True)
     for rb in range(pid, n_rb, nprog):
         n, g0, rmask, r, rs = row_block(rb, nGB, G, stat_sN, BLOCK_G)
-        if UPDATE_RUNNING and PHASE != 1:
+        # Tiles of at most 4096 elements: past that the loads held across the reductions
+        # spilled (BatchNorm NCHW [8, 1024] fp32 with an activation, 16 warps, triton 3.9).
+        EARLY: tl.constexpr = BLOCK_G * BLOCK_J * BLOCK_S <= 4096
+        if UPDATE_RUNNING and PHASE == 0 and EARLY:
             # Read with the row's first loads, not after its statistics: one DRAM round trip
-            # less (the first split program of a row updates them).
-            umask = rmask & ((tl.arange(0, BLOCK_G) * 0 + p) == 0)
-            rm = tl.load(RM_ptr + rs, mask=umask, other=0.0)
-            rv = tl.load(RV_ptr + rs, mask=umask, other=0.0)
+            # less.  (Not in a merge pass, PHASE 2, as w and b below.)
+            rm = tl.load(RM_ptr + rs, mask=rmask, other=0.0)
+            rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0)
         if RESIDENT:
             offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                             BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
             x = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
-            if PHASE != 1 and not (W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192):
-                # Loaded beside x, not after the statistics: one DRAM round trip for both.
+            if (PHASE == 0 or PHASE == 3) and W_MODE == 2 and EARLY:
+                # A row's w and b are loaded beside x, not after the statistics: one DRAM
+                # round trip for both.  Only by row, a value a row: a tile of parameters
+                # held across the reductions spilled (LayerNorm 16384 fp32, GroupNorm
+                # [16, 1024] tiles), and so did a row's across a merge pass's partials
+                # (BatchNorm NHWC [16, 256] fp32 tiles; perf/compile_check.py).
                 w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
@@ -366,13 +376,18 @@ def row_norm_fwd(
                     tl.store(Mean_ptr + srs, mean, mask=smask)
                     tl.store(Mean_ptr + (srs + n_stats), rstd, mask=smask)
                     if UPDATE_RUNNING:
-                        _update_running(RMo_ptr, RVo_ptr, NBT_ptr, rm, rv, rs, rmask, mean, cnt,
-                                        m2, mom_hi, mom_lo, CUMULATIVE)
+                        if PHASE != 0 or not EARLY:
+                            rm = None
+                            rv = None
+                        _update_running(RM_ptr, RV_ptr, RMo_ptr, RVo_ptr, NBT_ptr, rm, rv, rs,
+                                        rmask, mean, cnt, m2, mom_hi, mom_lo, CUMULATIVE)
             mean3 = per_row(mean)
             rstd3 = per_row(rstd)
             if RESIDENT:
                 if W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
                     w, b = w_res.to(ACC), b_res.to(ACC)
+                elif W_MODE != 2 or PHASE == 2 or not EARLY:
+                    w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
                 y = _affine((x - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
                 y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y,
                               MASK, ACC)
