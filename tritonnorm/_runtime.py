@@ -129,6 +129,11 @@ def sm_count(device_index: int) -> int:
 PLAN_SMS = int(os.environ.get("TRITONNORM_PLAN_SMS", "0") or 0)
 
 
+def gpu_plan(x: torch.Tensor) -> bool:
+    """Whether launches on x are planned for a GPU: x on one, or TRITONNORM_PLAN_SMS set."""
+    return x.device.type == "cuda" or PLAN_SMS > 0
+
+
 def target_programs(x: torch.Tensor) -> int:
     """How many programs fill the device.
 

@@ -11,7 +11,7 @@ import torch
 import triton
 
 from . import tables
-from ._runtime import INTERPRET, target_programs
+from ._runtime import INTERPRET, gpu_plan, target_programs
 from .spec import W_BY_ELEMENT, ReductionSpec, RowView
 
 # Elements in one [BLOCK_G, BLOCK_J, BLOCK_S] tile.  4096 fp32 accumulators over
@@ -392,7 +392,9 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
         # 64 x 17 of 3, fwd+bwd 52.6 -> 47.7 us under triton 3.6, 49.3 -> 44.3 under 3.9;
         # 4-warp programs at twice the target lost: BatchNorm 32x512x28x28 bf16 NCHW 78.6
         # -> 91.1.  ../shared/tools/sass_model.py)...
-        target *= max(1, WARPS_A_PROGRAM // warps)
+        # (A GPU's plan only: under the interpreter programs run one after another.)
+        if gpu_plan(x):
+            target *= max(1, WARPS_A_PROGRAM // warps)
         split = min(MAX_SPLIT, triton.cdiv(target, max(n_rb, 1)))
         # ...but the merge loads BLOCK_G x SPLIT partials at once: past MERGE_PER_THREAD
         # of them per thread they no longer fit in registers and spill (seen in
