@@ -295,6 +295,16 @@ def row_norm_fwd(
         # Tiles of at most 4096 elements: past that the loads held across the reductions
         # spilled (BatchNorm NCHW [8, 1024] fp32 with an activation, 16 warps, triton 3.9).
         EARLY: tl.constexpr = BLOCK_G * BLOCK_J * BLOCK_S <= 4096
+        # A resident row's w and b are loaded beside x, not after the statistics: one DRAM
+        # round trip for both -- by row (a value a row), or by channel of a row's j block
+        # (W_MODE 0: a value per channel a thread holds; GroupNorm 2x1280x16x16 bf16 NCHW,
+        # [64, 256] tiles: 4.6 -> 4.0 us, ../shared/tools/sass_model.py, triton 3.6).  Not by
+        # element: a tile of parameters held across the reductions spilled (LayerNorm
+        # 16384 fp32); nor across a merge pass's partials (BatchNorm NHWC [16, 256] fp32
+        # tiles; perf/compile_check.py).  (Triton 3.9's schedule still sinks the by-channel
+        # loads past the first reduction: 2 round trips there either way.)
+        EARLY_W: tl.constexpr = (RESIDENT and (PHASE == 0 or PHASE == 3)
+                                 and ((W_MODE == 2 and EARLY) or W_MODE == 0))
         if UPDATE_RUNNING and PHASE == 0 and EARLY:
             # Read with the row's first loads, not after its statistics: one DRAM round trip
             # less.  (Not in a merge pass, PHASE 2, as w and b below.)
@@ -304,12 +314,7 @@ def row_norm_fwd(
             offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                             BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
             x = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
-            if (PHASE == 0 or PHASE == 3) and W_MODE == 2 and EARLY:
-                # A row's w and b are loaded beside x, not after the statistics: one DRAM
-                # round trip for both.  Only by row, a value a row: a tile of parameters
-                # held across the reductions spilled (LayerNorm 16384 fp32, GroupNorm
-                # [16, 1024] tiles), and so did a row's across a merge pass's partials
-                # (BatchNorm NHWC [16, 256] fp32 tiles; perf/compile_check.py).
+            if EARLY_W:
                 w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
         if PHASE == 3:
             mean = tl.load(Mean_ptr + rs, mask=rmask, other=0.0).to(ACC)
@@ -386,7 +391,7 @@ def row_norm_fwd(
             if RESIDENT:
                 if W_MODE == 1 and BLOCK_G * BLOCK_J <= 8192:
                     w, b = w_res.to(ACC), b_res.to(ACC)
-                elif W_MODE != 2 or PHASE == 2 or not EARLY:
+                elif not EARLY_W:
                     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
                 y = _affine((x - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
                 y = _epilogue(y, R_ptr, Mask_ptr, offs, mask, slope_hi, slope_lo, X_ptr, ACT, ADD_Y,

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .activation import act_grad, mask_grad
-from .bwd_sums import (_channels, _dwb_from_parts, _given_sums, _part_w, _row_means, _store_dwb,
-                       _weighted_sums)
+from .bwd_sums import (_channels, _dwb_from_parts, _given_sums, _param_sums, _part_w, _row_means,
+                       _store_dwb, _weighted_param_sums, _weighted_sums)
 from .row_norm import _chunk, _load, _load_params, _tile_j
 from .tiles import (out_offsets, per_row, row_block, rsqrt, stat_row, sum_js, sum_tile,
                     tile_offsets, wide)
@@ -210,10 +210,13 @@ def row_norm_bwd(
     weighted by its w as the group's are merged, _weighted_sums).  OWN_G (rows unsplit, one
     j block of parameters a row, W_MODE 2 or 3, and one program a block of G: nprog = nGB):
     a program's row blocks are one g block of every sample, so its dw/db sums over all of
-    them, in registers, are final -- stored once, in a fixed order, with no column sum after.  TILE_OUTER (LayerNorm/RMSNorm rows
-    longer than a tile, row sums given) swaps the loops, tiles outside and
-    rows inside, so a tile's dw/db sum over all of the program's rows stays in
-    registers.
+    them, in registers, are final -- stored once, in a fixed order, with no column sum after.
+    PARAMS_FIRST (a resident row of PHASE 0 whose parameters are by row or by channel): each
+    parameter's sums (sum dz*xhat, sum dz) are reduced first, and the row sums are their
+    total weighted by w, since sum w*dz*xhat = sum_c w_c * sum_(s in c) dz*xhat.
+    TILE_OUTER (LayerNorm/RMSNorm rows longer than a tile, row sums given) swaps the loops,
+    tiles outside and rows inside, so a tile's dw/db sum over all of the program's rows stays
+    in registers.
 
     Fused residual (HAS_DRES): the forward read h = x + residual and also returned
     h, so x and residual both get dx + dh, dh being the gradient that reached h
@@ -227,6 +230,10 @@ def row_norm_bwd(
     nprog = tl.num_programs(0)
     p = tl.program_id(1)
     t0, t1 = _chunk(T, chunk, PHASE)
+    # A resident row's dw/db sums for its own parameters (by row or by channel) are taken
+    # first; its row sums are those weighted by w, not two more tile reductions.
+    PARAMS_FIRST: tl.constexpr = (RESIDENT and PHASE == 0 and NEED_DWB and not DWB_PARTS
+                                  and (W_MODE == 2 or W_MODE == 3))
     if TILE_OUTER:
         for t in range(t0, t1):
             jr = _tile_j(t, nSB, BLOCK_J)
@@ -304,8 +311,12 @@ def row_norm_bwd(
                     _dwb_from_parts(DWB_ptr, DB_ptr, Part_ptr, a1, a2, n, g0, G, rmask, p, n_rb,
                                     nGB, SPLIT, Cw, ACC, BLOCK_G, DWB_NP)
             elif RESIDENT:
-                a1 = sum_tile(_part_w(w, DWB_PARTS) * dy * xhat)
-                a2 = sum_tile(_part_w(w, DWB_PARTS) * dy)
+                if PARAMS_FIRST:
+                    pw, pb = _param_sums(dy, xhat, W_MODE)
+                    a1, a2 = _weighted_param_sums(w, pw, pb, W_MODE)
+                else:
+                    a1 = sum_tile(_part_w(w, DWB_PARTS) * dy * xhat)
+                    a2 = sum_tile(_part_w(w, DWB_PARTS) * dy)
                 if PHASE == 1:
                     _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
             else:
@@ -337,12 +348,8 @@ def row_norm_bwd(
                             rw += dy * xhat
                             rbias += dy
                         else:
-                            if W_MODE == 2:   # per row
-                                pw = sum_tile(dy * xhat)
-                                pb = sum_tile(dy)
-                            else:             # per channel of the row's one j block
-                                pw = tl.sum(dy * xhat, axis=2)
-                                pb = tl.sum(dy, axis=2)
+                            if not PARAMS_FIRST:
+                                pw, pb = _param_sums(dy, xhat, W_MODE)
                             if OWN_G:
                                 ow += pw
                                 ob += pb

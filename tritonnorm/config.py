@@ -256,6 +256,10 @@ def _unaligned_runs(view: RowView, itemsize: int) -> bool:
     return view.Cg > 1 and view.sS == 1 and (view.S * itemsize) % 16 != 0
 
 
+# Tiles this large take int32 offsets wherever they fit (offsets_i32).
+I32_TILE = 16384
+
+
 def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsize: int) -> bool:
     """Tile offsets in int32 (kernels/tiles.py, tile_offsets' I32): where a tile's elements
     load one by one -- runs of S contiguous elements that start off a 16-byte boundary
@@ -264,8 +268,13 @@ def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsiz
     an element.  fwd+bwd BatchNorm 32x2048x7x7 NCHW, triton 3.6 / 3.9: bf16 50.4 -> 31.6 /
     59.2 -> 33.2 us, fp32 50.2 -> 32.7 / 58.9 -> 33.1 (with 16 elements a thread again: see
     _row_config); ../shared/tools/sass_model.py.  Contiguous, vectorised tiles lost by int32
-    (LayerNorm 8192x768 fp32 38.6 -> 46.9 under 3.6), so they keep int64."""
-    if not (view.S > 1 and _unaligned_runs(view, itemsize)):
+    (LayerNorm 8192x768 fp32 38.6 -> 46.9 under 3.6), so they keep int64 -- but for tiles of
+    I32_TILE elements and more, whose 16 warps have 128 registers a thread for 32 elements:
+    there int64 offsets spilled (GroupNorm NCHW backward [64, 256] tiles under both tritons,
+    LayerNorm 16384 fp32 forward under 3.9; perf/compile_check.py) and int32 ones do not
+    (GroupNorm 2x1280x16x16 bf16 NCHW backward 5.2 -> 4.6 us, triton 3.6)."""
+    large = block_g * block_j * block_s >= I32_TILE
+    if not (large or (view.S > 1 and _unaligned_runs(view, itemsize))):
         return False
     # Padded to whole blocks, and one block more on each walked axis: a statistics walk
     # takes tiles two at a time, the second of an odd chunk's last pair one past the row
