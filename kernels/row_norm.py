@@ -165,13 +165,14 @@ def _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC: tl.constexpr, HAS_RES: tl.cons
 @triton.jit
 def _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                ACC: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_G: tl.constexpr,
-               BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr, I32: tl.constexpr):
+               BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr, I32: tl.constexpr,
+               VEC: tl.constexpr):
     """(x or h, mask) of tile t of a statistics walk that ends before tile t1, in ACC, loaded
     without a fill value (a fill is a write to the same registers ahead of each predicated
     load, which serialises them): the caller drops the lanes outside the mask.  With EVEN
     the caller keeps t < t1 and the mask stays a constant."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
     if not EVEN:
         mask = mask & ((tl.zeros([1, 1, 1], tl.int32) + t) < t1)
     return _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES, False), mask
@@ -207,10 +208,11 @@ def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, s
             W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, CAST_XHAT: tl.constexpr,
             ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
             BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-            EVEN: tl.constexpr, I32: tl.constexpr):
+            EVEN: tl.constexpr, I32: tl.constexpr,
+               VEC: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
     xt = _load(Src_ptr, offs, mask, False).to(ACC)   # lanes outside mask are never stored
     w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
     y = _affine((xt - mean3) * rstd3, w, b, X_ptr, CAST_XHAT)
@@ -272,6 +274,7 @@ def row_norm_fwd(
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, STAT_ROWS: tl.constexpr, I32: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     """y = act((x - mean) * rstd * w + b [+ residual]), statistics over each (n, g) row.
 
@@ -312,7 +315,7 @@ def row_norm_fwd(
             rv = tl.load(RV_ptr + rs, mask=rmask, other=0.0)
         if RESIDENT:
             offs, mask, g, j = tile_offsets(t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                            BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                            BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
             x = _load_h(X_ptr, R_ptr, H_ptr, offs, mask, ACC, HAS_RES)
             if EARLY_W:
                 w, b = _load_params(W_ptr, B_ptr, g, j, Cg, G, W_MODE, HAS_W, HAS_B, ACC)
@@ -353,16 +356,17 @@ def row_norm_fwd(
                     stop = t1
                 for t in range(t0, stop, 2):
                     xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t, t1, n, g0, G, Cg, S, sN, sG, sJ,
-                                        sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                        sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32,
+                                        VEC)
                     xb, mb = _walk_tile(X_ptr, R_ptr, H_ptr, t + 1, t1, n, g0, G, Cg, S, sN, sG,
                                         sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN,
-                                        I32)
+                                        I32, VEC)
                     s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
                     s1, s2 = add_shifted(s1, s2, xb, pivot3, mb, CENTER)
                 if EVEN and (t1 - t0) % 2 == 1:
                     xa, ma = _walk_tile(X_ptr, R_ptr, H_ptr, t1 - 1, t1, n, g0, G, Cg, S, sN, sG,
                                         sJ, sS, nSB, ACC, HAS_RES, BLOCK_G, BLOCK_J, BLOCK_S, EVEN,
-                                        I32)
+                                        I32, VEC)
                     s1, s2 = add_shifted(s1, s2, xa, pivot3, ma, CENTER)
                 cnt, mean, m2 = shifted_moments(s1, s2, cnt, pivot, CENTER)
         if PHASE == 1:
@@ -414,7 +418,8 @@ def row_norm_fwd(
                                 H_ptr if HAS_RES else X_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr,
                                 t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean3, rstd3,
                                 slope_hi, slope_lo, Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, 0,
-                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                False, False, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32,
+                                VEC)
                             amax = tl.maximum(amax, tile_amax(y, mask))
                     scale3 = row_scale(amax, Scale_ptr, rs, rmask, QUANT, DYNAMIC)
                 for t in range(t0, t1):
@@ -422,7 +427,8 @@ def row_norm_fwd(
                                             R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS,
                                             nSB, ysN, ysG, mean3, rstd3, slope_hi, slope_lo,
                                             Y_STRIDED, W_MODE, HAS_W, HAS_B, CAST_XHAT, ACT,
-                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                            ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32,
+                                            VEC)
                     if QUANT != 0:
                         y = quantize(y, scale3, QUANT)
                     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)

@@ -53,12 +53,13 @@ def _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS
               w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
               ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
               BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-              EVEN: tl.constexpr, I32: tl.constexpr):
+              EVEN: tl.constexpr, I32: tl.constexpr,
+               VEC: tl.constexpr):
     """Tile t of the rows, whose weight and bias are w and b: its offsets in dy and dx
     (x's, unless Y_STRIDED), mask, g and j, and x and dz (dy through the activation,
     _grad_z) in ACC."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
-                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                    BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
     # 0 outside the tensor: a zero dy takes those lanes out of every sum.  (Loading them
     # unfilled and zeroing after, as the forward's walk does, made the channels_last
     # GroupNorm backward's scalar loads serialise further: sass_model, 75 -> 228 us.)
@@ -75,14 +76,15 @@ def _tile(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, 
           ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED: tl.constexpr, CENTER: tl.constexpr,
           W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
           ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
-          BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr, I32: tl.constexpr):
+          BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr, I32: tl.constexpr,
+               VEC: tl.constexpr):
     """_tile_xdy with the tile's weight and bias loaded, and the weight w in ACC."""
     w, b = _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE, HAS_W, HAS_B, ACC, BLOCK_G,
                         BLOCK_J)
     offs, mask, g, j, x, dy = _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN,
                                         sG, sJ, sS, nSB, ysN, ysG, w, b, mean, rstd, slope_hi,
                                         slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y, MASK, ACC,
-                                        BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                                        BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
     return offs, mask, g, j, x, dy, w
 
 
@@ -187,7 +189,7 @@ def row_norm_bwd(
     BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_PART: tl.constexpr, EVEN: tl.constexpr, DWB_FINAL: tl.constexpr,
     DWB_PARTS: tl.constexpr, STAT_ROWS: tl.constexpr, OWN_G: tl.constexpr, I32: tl.constexpr,
-    DWB_NP: tl.constexpr,
+    DWB_NP: tl.constexpr, VEC: tl.constexpr,
 ):
     """Gradients of y = xhat * w + b over rows of M = Cg * S elements.
 
@@ -250,7 +252,7 @@ def row_norm_bwd(
                 offs, mask, g, j, x, dy = _tile_xdy(
                     X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN,
                     ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT, ADD_Y,
-                    MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                    MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
                 c1, c2 = _row_means(a1, a2, M)
                 dx, xhat = _dx(x, dy, w, mean, rstd, c1, c2, CENTER)
                 _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES, ADD_Y)
@@ -284,13 +286,13 @@ def row_norm_bwd(
                     offs, mask, g, j, x, dy = _tile_xdy(
                         X_ptr, DY_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                         ysN, ysG, w, b, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, ACT,
-                        ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32)
+                        ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)
                 else:
                     offs, mask, g, j, x, dy, w = _tile(
                         X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t0, n, g0, G, Cg, S, sN, sG,
                         sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
                         W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S,
-                        EVEN, I32)
+                        EVEN, I32, VEC)
                 xhat = (x - mean) * rstd if CENTER else x * rstd
             if PHASE == 2 or PHASE == 3:
                 # A statistics row's partials: its own, or its STAT_ROWS rows', side by side.
@@ -327,7 +329,7 @@ def row_norm_bwd(
                         X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG,
                         sJ, sS, nSB, ysN, ysG, mean, rstd, slope_hi, slope_lo, Y_STRIDED, CENTER,
                         W_MODE, HAS_W, HAS_B, ACT, ADD_Y, MASK, ACC, BLOCK_G, BLOCK_J, BLOCK_S,
-                        EVEN, I32)
+                        EVEN, I32, VEC)
                     l1 += _part_w(w, DWB_PARTS) * dy * ((xt - mean) * rstd if CENTER else xt * rstd)
                     l2 += _part_w(w, DWB_PARTS) * dy
                     _store_dz(DR_ptr, offs, mask, dy, ADD_Y)
@@ -373,7 +375,7 @@ def row_norm_bwd(
                             Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB, ysN, ysG, mean,
                             rstd, slope_hi, slope_lo, Y_STRIDED, CENTER, W_MODE, HAS_W, HAS_B,
                             0 if PHASE == 0 and ADD_Y else ACT, ADD_Y, MASK, ACC, BLOCK_G,
-                            BLOCK_J, BLOCK_S, EVEN, I32)
+                            BLOCK_J, BLOCK_S, EVEN, I32, VEC)
                         dx, xhat = _dx(xt, dy, w, mean, rstd, c1, c2, CENTER,
                                        DWB_PARTS and STAT_ROWS == 1)
                         _store_dx(DX_ptr, DH_ptr, DR_ptr, offs, mask, dx, dy, HAS_DRES,

@@ -100,7 +100,7 @@ def per_row(v):
 def tile_offsets(t, n, g0, G, Cg, S,
                  sN, sG, sJ, sS, nSB,
                  BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-                 EVEN: tl.constexpr = False, I32: tl.constexpr = False):
+                 EVEN: tl.constexpr = False, I32: tl.constexpr = False, VEC: tl.constexpr = 1):
     """Element offsets (int64, or int32 with I32), the in-bounds mask, and the g / j index
     tensors of tile ``t`` of the rows ``g0 .. g0 + BLOCK_G`` of sample ``n``.
 
@@ -110,7 +110,18 @@ def tile_offsets(t, n, g0, G, Cg, S,
 
     I32: every offset a tile can form fits in int32 (the host checks, config.offsets_i32),
     and the tile's elements load one by one (runs of S that start off a 16-byte boundary):
-    an offset then takes one register, not two (config.offsets_i32 says where it pays)."""
+    an offset then takes one register, not two (config.offsets_i32 says where it pays).
+
+    VEC: Cg and the strides sN, sG, sS are multiples of VEC (the host checks, config.vector):
+    written as (v // VEC) * VEC, which is v, the compiler can prove it, so runs of VEC
+    elements along a contiguous j axis are aligned and masked alike, and each run loads as
+    one vector.  Triton's own hint is divisibility by 16 only: a channels_last GroupNorm of
+    40 channels a group (80 bytes bf16) loaded each element apart."""
+    if VEC > 1:
+        Cg = Cg // VEC * VEC
+        sN = sN // VEC * VEC
+        sG = sG // VEC * VEC
+        sS = sS // VEC * VEC
     jb = t // nSB
     sb = t - jb * nSB
     g = g0 + tl.arange(0, BLOCK_G)[:, None, None]

@@ -303,3 +303,53 @@ def test_group_norm_walked_by_channel_with_an_activation_and_residual(activation
     assert_matches_torch(
         lambda x, w, b, r: TF.group_norm(x, 3, w, b, residual=r, activation=activation),
         lambda x, w, b, r: act(F.group_norm(x, 3, w, b) + r), [x, w, b, r])
+
+
+# A channels_last group's channels are one contiguous run, Cg elements long: where Cg and
+# the strides are multiples of a vector (at most 16 bytes) but not of 16 elements, triton's
+# own hints cannot prove it and the kernels are told (VEC, config.vector).
+VECTOR_CASES = [
+    ((2, 160, 4, 4), 4, "channels_last", torch.bfloat16, 8),   # 40 channels: 80-byte runs
+    ((2, 160, 4, 4), 4, "channels_last", torch.float32, 4),
+    ((2, 80, 3, 5), 4, "channels_last", torch.bfloat16, 4),    # 20 channels: runs of 4
+    ((2, 60, 4, 4), 2, "channels_last", torch.float16, 2),     # 30 channels: runs of 2
+    ((2, 128, 4, 4), 4, "channels_last", torch.bfloat16, 1),   # 32: triton's hints suffice
+    ((2, 36, 4, 4), 4, "channels_last", torch.bfloat16, 1),    # 9: no run
+    ((2, 160, 4, 4), 4, "contiguous", torch.bfloat16, 1),      # NCHW: j is not contiguous
+]
+
+
+@pytest.mark.parametrize("shape,groups,layout,dtype,vec", VECTOR_CASES, ids=str)
+def test_channels_last_group_runs_load_as_vectors(shape, groups, layout, dtype, vec, device):
+    from tritonnorm import config
+    from tritonnorm.spec import GROUP, kernel_view
+    x = _layout(torch.randn(shape, dtype=dtype, device=device), layout)
+    view = kernel_view(channel_layout(x, groups)[1], GROUP, x.element_size())
+    assert config.vector(view, x.element_size()) == vec
+    _group_norm_case(shape, groups, layout, True, dtype, device)
+
+
+@pytest.mark.parametrize("channels,dtype,resident", [
+    (1280, torch.bfloat16, True),    # 40 channels a group: 80-byte runs, 16-byte vectors
+    (1280, torch.float32, True),     # 160-byte runs
+    (1152, torch.bfloat16, False),   # 36 channels: 8-byte vectors, an offset each 4 elements
+], ids=str)
+def test_a_vectorised_channels_last_group_fits_one_resident_tile_on_a_gpu_plan(
+        channels, dtype, resident, monkeypatch):
+    """A channels_last group of 16 x 16 positions whose runs load as 16-byte vectors is one
+    resident [1, 64, 256] tile on a GPU's plan, one launch a forward, as an NCHW group is;
+    with narrower vectors a tile that size is held to 8192 elements and the group split."""
+    from tritonnorm import _runtime, config
+    from tritonnorm.spec import GROUP, kernel_view
+    monkeypatch.setattr(_runtime, "PLAN_SMS", 132)
+    config.clear_cache()
+    x = torch.empty(2, channels, 16, 16, dtype=dtype, device="meta").contiguous(
+        memory_format=torch.channels_last)
+    view = kernel_view(channel_layout(x, 32)[1], GROUP, x.element_size())
+    for pass_ in ("fwd", "bwd"):
+        cfg = config.row_config(view, x, GROUP, pass_)
+        if resident:
+            assert (cfg.BLOCK_G, cfg.BLOCK_J, cfg.BLOCK_S, cfg.T, cfg.SPLIT) == (1, 64, 256, 1, 1)
+        else:
+            assert cfg.T > 1 and cfg.BLOCK_G * cfg.BLOCK_J * cfg.BLOCK_S <= 8192
+    config.clear_cache()

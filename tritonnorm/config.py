@@ -285,6 +285,39 @@ def offsets_i32(view: RowView, block_g: int, block_j: int, block_s: int, itemsiz
     return padded < 2 ** 31
 
 
+def _vector_run(view: RowView, itemsize: int) -> int:
+    """Elements of the widest aligned run, at most 16 bytes, that a tile can load as one
+    vector along a contiguous j axis: a power of two dividing Cg and every stride."""
+    if view.sJ != 1 or view.Cg <= 1:
+        return 1
+    v = 16 // itemsize
+    while v > 1 and any(a % v for a in (view.Cg, view.sN, view.sG, view.sS)):
+        v //= 2
+    return v
+
+
+# Triton 3.9 and later: where a walk's masked tiles gain from vectors too (see vector).
+_VECTOR_WALKS = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
+def vector(view: RowView, itemsize: int, resident: bool = True) -> int:
+    """VEC of the kernels (kernels/tiles.py, tile_offsets): the vector run of _vector_run
+    where triton's own hints (arguments divisible by 16) would not prove it -- a
+    channels_last GroupNorm of 40 channels a group, 80 bytes in bf16, loaded as 16-bit
+    scalars; as VEC 8, in 16-byte vectors (GroupNorm 2x1280x16x16 bf16 NHWC forward partials
+    pass 4.5 -> 4.4 us, 18 -> 2 loads a thread, ../shared/tools/sass_model.py, triton 3.6);
+    1 elsewhere, which keeps every other specialisation as it was.  Walked (not resident)
+    tiles only under triton 3.9 and later: under 3.6 ptxas issued a masked walk tile's
+    vectors two at a time, where its scalars went out together (GroupNorm 1x128x512x512 bf16
+    NHWC, runs of 4, fwd+bwd 179.9 -> 213.6 us), while 3.9 gained (313.5 -> 273.9)."""
+    if not (resident or _VECTOR_WALKS):
+        return 1
+    v = _vector_run(view, itemsize)
+    if v > 1 and all(a % 16 == 0 for a in (view.Cg, view.sN, view.sG, view.sS)):
+        return 1
+    return v
+
+
 def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     # "quant": the forward with quantized output, whose row amax must be whole in one
     # program -- the forward's config, never split.
@@ -307,7 +340,16 @@ def _row_config(view: RowView, x: torch.Tensor, spec, pass_) -> RowConfig:
     if not {"max_tile"} & (_overrides.keys() | tuned.keys()) and not warp_a_row:
         # Rows that are one contiguous run (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm).
         contiguous_rows = (view.S == 1 and view.sJ == 1) or (view.sS == 1 and view.sJ == view.S)
-        wide = contiguous_rows and (pass_ == "fwd" or not by_element)
+        # Strided rows whose contiguous j runs load as 16-byte vectors (channels_last
+        # GroupNorm, VEC): an offset a vector, not an element, so they are as wide; and such
+        # a row, resident, needs no neighbour to fill a line (its runs are whole vectors):
+        # one launch a forward, not a split's two (GroupNorm 2x1280x16x16 bf16 NHWC fwd+bwd
+        # 5 -> 3 launches, 23.3 -> 14.2 us, ../shared/tools/sass_model.py, triton 3.6).
+        vector_rows = (not contiguous_rows and view.S > 1
+                       and _vector_run(view, x.element_size()) * x.element_size() == 16)
+        if vector_rows and row <= RESIDENT_MAX["wide"]:
+            min_g = 1
+        wide = (contiguous_rows or vector_rows) and (pass_ == "fwd" or not by_element)
         resident = RESIDENT_MAX["wide" if wide else "narrow"]
         resident //= 4 if x.dtype == torch.float64 else 1
         if max_tile < row * min_g <= resident:

@@ -197,11 +197,13 @@ def even(view: RowView, cfg: config.RowConfig, itemsize: int, backward: bool,
 
 def blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, backward: bool,
            residual_merge: bool = False):
-    """The tile constexprs (EVEN: see even; I32: see config.offsets_i32)."""
+    """The tile constexprs (EVEN: see even; I32: see config.offsets_i32; VEC: see
+    config.vector)."""
     return dict(BLOCK_G=cfg.BLOCK_G, BLOCK_J=cfg.BLOCK_J, BLOCK_S=cfg.BLOCK_S,
                 BLOCK_PART=p2(n_part), EVEN=even(view, cfg, itemsize, backward, residual_merge),
                 STAT_ROWS=view.stat_rows,
                 I32=config.offsets_i32(view, cfg.BLOCK_G, cfg.BLOCK_J, cfg.BLOCK_S, itemsize),
+                VEC=config.vector(view, itemsize, cfg.T == 1),
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
