@@ -306,13 +306,17 @@ def vector(view: RowView, itemsize: int, resident: bool = True) -> int:
     channels_last GroupNorm of 40 channels a group, 80 bytes in bf16, loaded as 16-bit
     scalars; as VEC 8, in 16-byte vectors (GroupNorm 2x1280x16x16 bf16 NHWC forward partials
     pass 4.5 -> 4.4 us, 18 -> 2 loads a thread, ../shared/tools/sass_model.py, triton 3.6);
-    1 elsewhere, which keeps every other specialisation as it was.  Walked (not resident)
+    1 elsewhere, which keeps every other specialisation as it was.  Walked (chunk > 1)
     tiles only under triton 3.9 and later: under 3.6 ptxas issued a masked walk tile's
     vectors two at a time, where its scalars went out together (GroupNorm 1x128x512x512 bf16
-    NHWC, runs of 4, fwd+bwd 179.9 -> 213.6 us), while 3.9 gained (313.5 -> 273.9)."""
+    NHWC, runs of 4, fwd+bwd 179.9 -> 213.6 us), while 3.9 gained (313.5 -> 273.9).  Resident
+    tiles take whole 16-byte vectors only: 8-byte ones spilled a split merge pass of
+    [32, 2, 64] fp32 tiles with an activation under 3.9 (perf/compile_check.py)."""
     if not (resident or _VECTOR_WALKS):
         return 1
     v = _vector_run(view, itemsize)
+    if resident and v * itemsize < 16:
+        return 1
     if v > 1 and all(a % 16 == 0 for a in (view.Cg, view.sN, view.sG, view.sS)):
         return 1
     return v

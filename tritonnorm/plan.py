@@ -203,7 +203,7 @@ def blocks(view: RowView, cfg: config.RowConfig, n_part: int, itemsize: int, bac
                 BLOCK_PART=p2(n_part), EVEN=even(view, cfg, itemsize, backward, residual_merge),
                 STAT_ROWS=view.stat_rows,
                 I32=config.offsets_i32(view, cfg.BLOCK_G, cfg.BLOCK_J, cfg.BLOCK_S, itemsize),
-                VEC=config.vector(view, itemsize, cfg.T == 1),
+                VEC=config.vector(view, itemsize, cfg.chunk == 1),
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
