@@ -31,7 +31,10 @@ DWB_FRACTION = 32
 # per pass, over at most 16 warps (128 registers a thread in a 64K-register SM).
 # "wide": contiguous rows (LayerNorm/RMSNorm, NCHW GroupNorm/InstanceNorm) have affine
 # addresses; their forward, and the GroupNorm/InstanceNorm backward (x, dy and a
-# per-channel w), compile for 16384 fp32 elements without spilling.  "narrow": the
+# per-channel w), compile for 16384 fp32 elements without spilling (but for the backward of
+# [16, 1024] fp32 tiles, 10-channel groups: 16 bytes; perf/compile_check.py).  So do
+# channels_last GroupNorm rows whose channel runs load as 16-byte vectors (vector_rows in
+# _row_config): an offset a vector, not an element.  "narrow": the
 # LayerNorm/RMSNorm backward also holds row-wide dw/db sums, and strided channels_last
 # views a 64-bit offset (two registers) per element: 16384 of them spilled, 8192 do
 # not (perf/compile_check.py).  fp64 values take two registers and the fp64 tile runs
