@@ -209,7 +209,7 @@ def _y_tile(Src_ptr, X_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, s
             ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
             BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
             EVEN: tl.constexpr, I32: tl.constexpr,
-               VEC: tl.constexpr):
+            VEC: tl.constexpr):
     """(offsets in Y, mask, y) of tile t of a walked row, x read from Src (X, or H)."""
     offs, mask, g, j = tile_offsets(t, n, g0, G, Cg, S, sN, sG, sJ, sS, nSB,
                                     BLOCK_G, BLOCK_J, BLOCK_S, EVEN, I32, VEC)

@@ -54,7 +54,7 @@ def _tile_xdy(X_ptr, DY_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, sG, sJ, sS
               ACT: tl.constexpr, ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr,
               BLOCK_G: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
               EVEN: tl.constexpr, I32: tl.constexpr,
-               VEC: tl.constexpr):
+              VEC: tl.constexpr):
     """Tile t of the rows, whose weight and bias are w and b: its offsets in dy and dx
     (x's, unless Y_STRIDED), mask, g and j, and x and dz (dy through the activation,
     _grad_z) in ACC."""
@@ -77,7 +77,7 @@ def _tile(X_ptr, DY_ptr, W_ptr, B_ptr, R_ptr, Mask_ptr, t, n, g0, G, Cg, S, sN, 
           W_MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
           ADD_Y: tl.constexpr, MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_G: tl.constexpr,
           BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr, EVEN: tl.constexpr, I32: tl.constexpr,
-               VEC: tl.constexpr):
+          VEC: tl.constexpr):
     """_tile_xdy with the tile's weight and bias loaded, and the weight w in ACC."""
     w, b = _tile_params(W_ptr, B_ptr, t, g0, Cg, G, nSB, W_MODE, HAS_W, HAS_B, ACC, BLOCK_G,
                         BLOCK_J)

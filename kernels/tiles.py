@@ -18,8 +18,8 @@ import triton.language as tl
 # tl.reshape(..., can_reorder=True) lets the compiler keep a tile's layout when it flattens
 # axes for a sum (sum_tile).  Triton 3.9 deprecates the flag (3.10 removes it), so it is
 # asked for only before 3.9; 3.9 without it still gains (sum_tile's numbers).
-_TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2])
-_REORDER = tl.constexpr(_TRITON < (3, 9))
+TRITON_VERSION = tuple(int(v) for v in triton.__version__.split(".")[:2])
+_REORDER = tl.constexpr(TRITON_VERSION < (3, 9))
 
 # A split merge loads [rows, partials] tiles from (row, partial)-ordered scratch, contiguous
 # along neither axis, so each triton picks the layout.  As [rows, partials], triton 3.9
@@ -28,7 +28,7 @@ _REORDER = tl.constexpr(_TRITON < (3, 9))
 # 92.4 us under 3.9, 26.4 under 3.6.  As [partials, rows], 3.9 gives a row a lane (26.4)
 # and 3.6 does what 3.9 did (90.2).  So each triton gets the orientation it lays out well
 # (../shared/tools/sass_model.py).
-_ROWS_LAST = tl.constexpr(_TRITON >= (3, 9))
+_ROWS_LAST = tl.constexpr(TRITON_VERSION >= (3, 9))
 
 
 @triton.jit

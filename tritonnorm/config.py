@@ -12,6 +12,7 @@ import triton
 
 from . import tables
 from ._runtime import INTERPRET, gpu_plan, target_programs
+from .kernels.tiles import TRITON_VERSION
 from .spec import W_BY_ELEMENT, ReductionSpec, RowView
 
 # Elements in one [BLOCK_G, BLOCK_J, BLOCK_S] tile.  4096 fp32 accumulators over
@@ -294,13 +295,18 @@ def _vector_run(view: RowView, itemsize: int) -> int:
     if view.sJ != 1 or view.Cg <= 1:
         return 1
     v = 16 // itemsize
-    while v > 1 and any(a % v for a in (view.Cg, view.sN, view.sG, view.sS)):
+    while v > 1 and any(a % v for a in _run_terms(view)):
         v //= 2
     return v
 
 
+def _run_terms(view: RowView):
+    """What a vector run's alignment depends on: Cg and the strides (tile_offsets' VEC)."""
+    return view.Cg, view.sN, view.sG, view.sS
+
+
 # Triton 3.9 and later: where a walk's masked tiles gain from vectors too (see vector).
-_VECTOR_WALKS = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
+_VECTOR_WALKS = TRITON_VERSION >= (3, 9)
 
 
 def vector(view: RowView, itemsize: int, resident: bool = True) -> int:
@@ -320,7 +326,7 @@ def vector(view: RowView, itemsize: int, resident: bool = True) -> int:
     v = _vector_run(view, itemsize)
     if resident and v * itemsize < 16:
         return 1
-    if v > 1 and all(a % 16 == 0 for a in (view.Cg, view.sN, view.sG, view.sS)):
+    if v > 1 and all(a % 16 == 0 for a in _run_terms(view)):
         return 1
     return v
 
